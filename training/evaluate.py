@@ -1,0 +1,301 @@
+"""Evaluate MIMO models like the paper: clean, corrupted and out-of-distribution data.
+
+Every model is evaluated through ONNX Runtime, the engine that serves it: a checkpoint is
+converted in memory first. A deep ensemble is several checkpoints whose heads are pooled (one
+forward pass each). The temperature and the `uncertain` thresholds are fitted on the training
+run's validation split, never on test data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tqdm import tqdm
+
+from service.contract import parse_contract
+from service.uncertainty import ensemble_uncertainty
+from training import metrics
+from training.corruptions import CORRUPTIONS, corrupt
+from training.data import ImageDataset, load_dataset, split_validation
+from training.ood import EVALUATION_FAMILIES, TRAINING_FAMILIES, invert, make_ood
+
+SCORES = ("mutual_information", "predictive_entropy", "max_probability")
+
+
+@dataclass
+class OnnxPredictor:
+    """One or more ONNX graphs (contract signature); their heads are pooled: [N, sum M, K]."""
+
+    sessions: list[ort.InferenceSession]
+    ensemble_sizes: list[int]
+
+    @classmethod
+    def from_bytes(cls, graphs: Sequence[bytes | str], threads: int = 0) -> OnnxPredictor:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        sessions = [
+            ort.InferenceSession(g, options, providers=["CPUExecutionProvider"]) for g in graphs
+        ]
+        sizes = [int(s.get_inputs()[0].shape[1]) for s in sessions]
+        return cls(sessions, sizes)
+
+    @property
+    def forward_passes(self) -> int:
+        return len(self.sessions)
+
+    def __call__(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+        """float32 [N, C, H, W] in [0, 1] -> logits [N, sum of M, K], each image tiled."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32)
+            heads = [
+                s.run(["logits"], {"images": np.repeat(x[:, None], m, axis=1)})[0]
+                for s, m in zip(self.sessions, self.ensemble_sizes, strict=True)
+            ]
+            out.append(np.concatenate(heads, axis=1))
+        return np.concatenate(out)
+
+    def seconds_per_image(self, shape: tuple[int, ...], batch: int, repeats: int = 20) -> float:
+        """Median wall time of one call at a batch size, divided by the batch size."""
+        x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
+        self(x, batch)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            self(x, batch)
+            times.append(time.perf_counter() - t)
+        return float(np.median(times)) / batch
+
+
+def as_float(images: np.ndarray) -> np.ndarray:
+    return images.astype(np.float32) / 255.0
+
+
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0
+) -> dict[str, Any]:
+    """Ensemble and per-member accuracy, NLL, ECE, Brier, and mean uncertainty, [N, M, K]."""
+    u = ensemble_uncertainty(logits, temperature)
+    member_nll = [
+        metrics.ensemble_nll(logits[:, m : m + 1], labels, temperature)
+        for m in range(logits.shape[1])
+    ]
+    return {
+        "accuracy": metrics.accuracy(u.probabilities, labels),
+        "nll": metrics.ensemble_nll(logits, labels, temperature),
+        "ece": metrics.ece(u.probabilities, labels),
+        "brier": metrics.brier(u.probabilities, labels),
+        "member_accuracy": [
+            metrics.accuracy(u.member_probabilities[:, m], labels) for m in range(logits.shape[1])
+        ],
+        "member_nll": member_nll,
+        "disagreement": float(u.disagreement.mean()),
+        "mutual_information": float(u.mutual_information.mean()),
+    }
+
+
+def calibrate(val_logits: np.ndarray, val_labels: np.ndarray) -> dict[str, Any]:
+    """Temperature fitted on validation data, and the 95th percentiles at that temperature."""
+    temperature = metrics.fit_temperature(val_logits, val_labels)
+    u = ensemble_uncertainty(val_logits, temperature)
+    return {
+        "temperature": temperature,
+        "thresholds": metrics.percentile_thresholds(u.measures(), 95.0),
+    }
+
+
+def uncertainty_scores(logits: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
+    u = ensemble_uncertainty(logits, temperature)
+    return {
+        "mutual_information": u.mutual_information,
+        "predictive_entropy": u.predictive_entropy,
+        "max_probability": 1.0 - u.probabilities.max(axis=1),
+    }
+
+
+def evaluate(
+    predictor: OnnxPredictor,
+    test: ImageDataset,
+    calibration: dict[str, Any],
+    corruption_limit: int = 2000,
+    ood_count: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """All metrics of one model (or ensemble) on a test set; see the module docstring."""
+    temperature = calibration["temperature"]
+    mi_threshold = calibration["thresholds"]["mutual_information"]
+    x_test = as_float(test.images)
+    logits = predictor(x_test)
+    result: dict[str, Any] = {
+        "dataset": test.name,
+        "test_size": len(test),
+        **calibration,
+        "clean": classification_metrics(logits, test.labels),
+        "clean_calibrated": classification_metrics(logits, test.labels, temperature),
+    }
+    in_scores = uncertainty_scores(logits, temperature)
+    result["clean"]["uncertain_fraction"] = float(
+        (in_scores["mutual_information"] > mi_threshold).mean()
+    )
+
+    # Corrupted: every corruption at 5 severities on the same (first) test images.
+    subset = slice(0, min(corruption_limit, len(test)))
+    by_corruption: dict[str, dict[str, Any]] = {}
+    rows = []
+    for name in tqdm(CORRUPTIONS, desc="corruptions", leave=False):
+        by_corruption[name] = {}
+        for severity in range(1, 6):
+            x = corrupt(x_test[subset], name, severity, seed=seed)
+            r = classification_metrics(predictor(x), test.labels[subset])
+            by_corruption[name][str(severity)] = r
+            rows.append(r)
+    result["corrupted"] = {
+        "images": subset.stop,
+        "mean": {
+            k: float(np.mean([r[k] for r in rows])) for k in ("accuracy", "nll", "ece", "brier")
+        },
+        "by_corruption": by_corruption,
+    }
+
+    # Out of distribution: synthetic families never used for training, and inverted test images.
+    ood_sets = {
+        name: make_ood(name, ood_count, test.shape, seed=seed + i)
+        for i, name in enumerate(EVALUATION_FAMILIES)
+    }
+    ood_sets["inverted"] = invert(x_test[:ood_count])
+    for name in TRAINING_FAMILIES:  # reported apart: seen by the outlier loss, if used
+        ood_sets[f"{name} (training family)"] = make_ood(
+            name, ood_count, test.shape, seed=seed + 99
+        )
+    result["ood"] = {}
+    for name, x in ood_sets.items():
+        out_scores = uncertainty_scores(predictor(x), temperature)
+        entry: dict[str, Any] = {
+            score: metrics.ood_metrics(in_scores[score], out_scores[score]) for score in SCORES
+        }
+        entry["uncertain_fraction"] = float(
+            (out_scores["mutual_information"] > mi_threshold).mean()
+        )
+        result["ood"][name] = entry
+    held_out = [k for k in result["ood"] if "training family" not in k]
+    result["ood_mean"] = {
+        score: {
+            m: float(np.mean([result["ood"][k][score][m] for k in held_out]))
+            for m in ("auroc", "aupr", "fpr_at_95_tpr")
+        }
+        for score in SCORES
+    }
+    result["ood_mean"]["uncertain_fraction"] = float(
+        np.mean([result["ood"][k]["uncertain_fraction"] for k in held_out])
+    )
+
+    result["inference"] = {
+        "forward_passes": predictor.forward_passes,
+        "ms_per_image_batch_1": 1e3 * predictor.seconds_per_image(test.shape, 1, repeats=50),
+        "ms_per_image_batch_256": 1e3 * predictor.seconds_per_image(test.shape, 256, repeats=5),
+    }
+    return result
+
+
+# ---- loading what to evaluate ----
+
+
+def load_checkpoints(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], OnnxPredictor]:
+    from training.checkpoint import load_checkpoint, model_from_checkpoint
+    from training.export import to_onnx_bytes
+
+    checkpoints = [load_checkpoint(p) for p in paths]
+    graphs = [to_onnx_bytes(model_from_checkpoint(c)) for c in checkpoints]
+    return checkpoints, OnnxPredictor.from_bytes(graphs)
+
+
+def validation_split(checkpoint: dict[str, Any]) -> ImageDataset:
+    """The validation split the training run held out (same dataset, size and seed)."""
+    from training.checkpoint import config_from_dict
+
+    config = config_from_dict(checkpoint["config"])
+    full = load_dataset(config.dataset, "train", config.data_dir, config.image_size, config.color)
+    return split_validation(full, config.val_size, seed=config.seed)[1]
+
+
+def calibrate_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Temperature and thresholds of one checkpoint on its own validation split."""
+    from training.checkpoint import model_from_checkpoint
+    from training.export import to_onnx_bytes
+
+    predictor = OnnxPredictor.from_bytes([to_onnx_bytes(model_from_checkpoint(checkpoint))])
+    val = validation_split(checkpoint)
+    return calibrate(predictor(as_float(val.images)), val.labels)
+
+
+def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="accuracy, NLL, ECE, Brier, corrupted and OOD metrics")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--checkpoint", nargs="+", help="model.pt; several M=1 checkpoints form a deep ensemble"
+    )
+    what.add_argument("--onnx", help="an exported model.onnx (its temperature and thresholds)")
+    p.add_argument("--dataset", help="with --onnx: dataset name (default: the model's)")
+    p.add_argument("--data-dir", help="dataset folder (default: the one used for training)")
+    p.add_argument(
+        "--out", required=True, help="folder for metrics.json, report.md, reliability.png"
+    )
+    p.add_argument("--corruption-limit", type=int, default=2000, help="test images per corruption")
+    p.add_argument("--ood-count", type=int, default=2000, help="images per OOD family")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from training.report import write_report
+
+    if args.onnx:
+        predictor = OnnxPredictor.from_bytes([str(Path(args.onnx))])
+        session = predictor.sessions[0]
+        contract = parse_contract(
+            session.get_modelmeta().custom_metadata_map,
+            session.get_inputs(),
+            session.get_outputs(),
+            args.onnx,
+        )
+        dataset = args.dataset or contract.training.get("dataset")
+        calibration = {"temperature": contract.temperature, "thresholds": contract.thresholds}
+        describe: dict[str, Any] = {"onnx": args.onnx, "training": contract.training}
+        data_dir = args.data_dir
+    else:
+        checkpoints, predictor = load_checkpoints(args.checkpoint)
+        val = validation_split(checkpoints[0])
+        calibration = calibrate(predictor(as_float(val.images)), val.labels)
+        first = checkpoints[0]["config"]
+        dataset, data_dir = first["dataset"], args.data_dir or first["data_dir"]
+        describe = {
+            "checkpoints": [str(p) for p in args.checkpoint],
+            "config": first,
+            "history": checkpoints[0].get("history", [])[-1:],
+        }
+    test = load_dataset(dataset, "test", data_dir)
+    result = evaluate(
+        predictor, test, calibration, args.corruption_limit, args.ood_count, args.seed
+    )
+    result["model"] = describe
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    logits = predictor(as_float(test.images))
+    write_report(result, logits, test.labels, out)
+    c = result["clean"]
+    print(
+        f"{out}: accuracy {c['accuracy']:.4f} nll {c['nll']:.4f} ece {c['ece']:.4f} "
+        f"members {[round(a, 4) for a in c['member_accuracy']]} "
+        f"corrupted accuracy {result['corrupted']['mean']['accuracy']:.4f} "
+        f"OOD AUROC(MI) {result['ood_mean']['mutual_information']['auroc']:.3f}"
+    )
+    return 0

@@ -1,0 +1,117 @@
+"""The human side of an evaluation: a markdown report and a reliability diagram."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt
+import numpy as np
+
+from service.uncertainty import softmax
+from training.metrics import reliability_bins
+
+
+def reliability_diagram(probs: np.ndarray, labels: np.ndarray, path: Path, title: str) -> None:
+    bins = reliability_bins(probs, labels, n_bins=15)
+    centers = (bins.edges[:-1] + bins.edges[1:]) / 2
+    width = bins.edges[1] - bins.edges[0]
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
+    )
+    filled = bins.counts > 0
+    top.bar(
+        centers[filled], bins.accuracy[filled], width=width, edgecolor="black", label="accuracy"
+    )
+    top.bar(
+        centers[filled],
+        bins.confidence[filled] - bins.accuracy[filled],
+        bottom=bins.accuracy[filled],
+        width=width,
+        color="tab:red",
+        alpha=0.4,
+        label="gap to confidence",
+    )
+    top.plot([0, 1], [0, 1], "k--", linewidth=1)
+    top.set_ylabel("accuracy")
+    top.set_title(title)
+    top.legend(loc="upper left")
+    bottom.bar(centers, bins.counts / max(1, bins.counts.sum()), width=width, color="gray")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("confidence (top label, 15 bins)")
+    bottom.set_ylabel("share")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _row(name: str, r: dict[str, Any]) -> str:
+    members = ", ".join(f"{a:.4f}" for a in r.get("member_accuracy", []))
+    return (
+        f"| {name} | {r['accuracy']:.4f} | {r['nll']:.4f} | {r['ece']:.4f} | {r['brier']:.4f} "
+        f"| {members} |"
+    )
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# Evaluation on {result['dataset']} ({result['test_size']} test images)",
+        "",
+        f"Temperature fitted on the validation split: {result['temperature']:.4f}. "
+        f"`uncertain` threshold (95th percentile of validation mutual information): "
+        f"{result['thresholds']['mutual_information']:.3g}.",
+        "",
+        "| data | accuracy | NLL | ECE | Brier | member accuracies |",
+        "|---|---|---|---|---|---|",
+        _row("clean", result["clean"]),
+        _row("clean, temperature-scaled", result["clean_calibrated"]),
+        _row(
+            f"corrupted (mean of {len(result['corrupted']['by_corruption'])} x 5 severities, "
+            f"{result['corrupted']['images']} images)",
+            {**result["corrupted"]["mean"], "member_accuracy": []},
+        ),
+        "",
+        "## Corruptions (accuracy by severity 1-5)",
+        "",
+        "| corruption | 1 | 2 | 3 | 4 | 5 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, by_severity in result["corrupted"]["by_corruption"].items():
+        accs = " | ".join(f"{by_severity[str(s)]['accuracy']:.3f}" for s in range(1, 6))
+        lines.append(f"| {name} | {accs} |")
+    lines += [
+        "",
+        "## Out of distribution (AUROC / AUPR / FPR@95 by score; share flagged `uncertain`)",
+        "",
+        "| OOD set | mutual information | predictive entropy | 1 - max prob | uncertain |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in result["ood"].items():
+        cells = " | ".join(
+            f"{r[s]['auroc']:.3f} / {r[s]['aupr']:.3f} / {r[s]['fpr_at_95_tpr']:.3f}"
+            for s in ("mutual_information", "predictive_entropy", "max_probability")
+        )
+        lines.append(f"| {name} | {cells} | {r['uncertain_fraction']:.3f} |")
+    lines.append(f"| in-distribution test | | | | {result['clean']['uncertain_fraction']:.3f} |")
+    inf = result["inference"]
+    lines += [
+        "",
+        f"Inference (ONNX Runtime, CPU): {inf['ms_per_image_batch_1']:.3f} ms per image at "
+        f"batch 1, {inf['ms_per_image_batch_256']:.3f} ms per image at batch 256, "
+        f"{inf['forward_passes']} forward pass(es) per image.",
+        "",
+        "![reliability diagram](reliability.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(result: dict[str, Any], logits: np.ndarray, labels: np.ndarray, out: Path) -> None:
+    (out / "report.md").write_text(markdown(result))
+    probs = softmax(logits, result["temperature"]).mean(axis=1)
+    reliability_diagram(
+        probs, labels, out / "reliability.png", f"{result['dataset']}, temperature-scaled"
+    )
