@@ -29,12 +29,12 @@ lint: $(BIN)/python
 # The embedded default model (models/mnist/1): train, evaluate, export. ~12 min on 2 cores.
 default-model: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[cpu,train]'
-	bash scripts/default_model.sh $(MNIST_DIR) $(RUNS)
+	$(BIN)/python -m training.experiments --runs $(RUNS) default-model --data-dir $(MNIST_DIR)
 
-# docs/results.md: deterministic vs MIMO M=2,3,4 vs deep ensemble, 3 seeds. Hours on 2 cores.
+# docs/results.md: deterministic vs MIMO M=2,3,4 vs deep ensemble, 3 seeds. ~1.5 h on 2 cores.
 results: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[cpu,train]'
-	bash scripts/results.sh $(MNIST_DIR) $(RUNS)
+	$(BIN)/python -m training.experiments --runs $(RUNS) results --data-dir $(MNIST_DIR)
 
 clean:
 	rm -rf $(RUNS) .pytest_cache .ruff_cache

@@ -159,13 +159,7 @@ def train(config: TrainConfig, resume: str | None = None) -> Path:
         optimizer = torch.optim.AdamW(model.parameters(), lr, weight_decay=config.weight_decay)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose sgd or adamw")
-    if config.schedule == "onecycle":
-        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=max(total_steps, 2), pct_start=0.15
-        )
-    elif config.schedule == "step":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, steps_per_epoch))
-    else:
+    if config.schedule not in ("onecycle", "step"):
         raise ValueError(f"unknown schedule {config.schedule!r}; choose onecycle or step")
     autocast, needs_scaler = autocast_for(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
@@ -174,8 +168,19 @@ def train(config: TrainConfig, resume: str | None = None) -> Path:
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
+    # The learning rate is a function of the step, so a resumed run rebuilds the schedule at its
+    # step (last_epoch) instead of loading the saved one: a saved one-cycle schedule has the old
+    # run's length baked in and raises once a run resumed with more epochs steps past it.
+    last = min(step, total_steps) - 1  # -1: a fresh schedule
+    if config.schedule == "onecycle":
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=max(total_steps, 2), pct_start=0.15, last_epoch=last
+        )
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(config, steps_per_epoch), last_epoch=last
+        )
 
     meta = {
         "classes": train_set.classes,
