@@ -1,0 +1,44 @@
+"""`python -m service`: run the API under uvicorn with the MIMO_* settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import uvicorn
+
+from service.settings import Settings
+
+
+def main() -> None:
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if settings.workers > 1:
+        # prometheus-client's multiprocess mode: every worker writes its samples into one
+        # folder, wiped at start so totals from an earlier run do not leak in.
+        folder = settings.metrics_dir or Path(tempfile.gettempdir()) / "mimo-prometheus"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+        if settings.threads == 0:
+            # Workers share the cores: divide them rather than oversubscribe.
+            count = max(1, (os.cpu_count() or 1) // settings.workers)
+            os.environ["MIMO_THREADS"] = str(count)
+    uvicorn.run(
+        "service.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""POST /predict: images in, ensemble prediction and the heads' disagreement out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from starlette.datastructures import UploadFile
+
+from service import metrics
+from service.deps import ApiKey, PoolDep, RegistryDep, SettingsDep
+from service.errors import BadRequest, UnsupportedMediaType
+from service.predictions import predictions
+from service.preprocess import ACCEPTED, preprocess
+from service.schemas import ErrorResponse, PredictResponse
+
+router = APIRouter(tags=["predict"])
+
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff", "image/webp")
+_binary = {"schema": {"type": "string", "format": "binary"}}
+REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "One image as the raw body, or one or more multipart `file` parts.",
+        "content": {
+            **{t: _binary for t in IMAGE_TYPES},
+            "application/octet-stream": _binary,
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "array", "items": _binary}},
+                    "required": ["file"],
+                }
+            },
+        },
+    }
+}
+ERRORS = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "empty, foreign, truncated or corrupt image; bad parameters",
+        401: "missing or wrong API key",
+        404: "unknown model or version",
+        413: "body or image over the limits",
+        415: "unsupported content type",
+        429: "queue full (see Retry-After)",
+        504: "no answer within the request timeout",
+    }.items()
+}
+
+
+async def read_images(request: Request, limit: int) -> list[tuple[str | None, bytes, str | None]]:
+    """(filename, bytes, content type) of every image in the request."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await request.form(max_files=limit, max_fields=limit)
+        files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
+        if not files:
+            raise BadRequest(
+                f"multipart body without a `file` part: send each image as a part named "
+                f"`file` (fields found: {sorted(set(form.keys())) or 'none'})"
+            )
+        return [(f.filename, await f.read(), f.content_type) for f in files]
+    if content_type.startswith("image/") or content_type == "application/octet-stream":
+        return [(None, await request.body(), content_type)]
+    raise UnsupportedMediaType(
+        f"unsupported content type {content_type or '(none)'!r}: send one image as the raw body "
+        f"with an image/* content type ({ACCEPTED}), or images as multipart/form-data `file` parts"
+    )
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=ERRORS,
+    openapi_extra=REQUEST_BODY,
+    dependencies=[ApiKey],
+    summary="Classify images with one forward pass and ensemble uncertainty",
+)
+async def predict(
+    request: Request,
+    registry: RegistryDep,
+    pool: PoolDep,
+    settings: SettingsDep,
+    model: Annotated[
+        str | None, Query(description="model name (default: the default model)")
+    ] = None,
+    version: Annotated[int | None, Query(ge=1, description="version (default: highest)")] = None,
+    top_k: Annotated[int, Query(ge=1, le=1000, description="classes to list")] = 3,
+    members: Annotated[bool, Query(description="include each head's prediction")] = True,
+) -> PredictResponse:
+    served = registry.get(model or settings.default_model, version)
+    try:
+        uploads = await read_images(request, settings.max_images_per_request)
+        if len(uploads) > settings.max_images_per_request:
+            raise BadRequest(
+                f"{len(uploads)} images in one request; the limit is "
+                f"{settings.max_images_per_request} (MIMO_MAX_IMAGES_PER_REQUEST)"
+            )
+        loop = asyncio.get_running_loop()
+        spec = served.contract.preprocess
+        # Decoding is CPU work: keep it off the event loop.
+        images = await loop.run_in_executor(
+            None,
+            lambda: [
+                preprocess(data, ctype, spec, settings.max_image_pixels)
+                for _, data, ctype in uploads
+            ],
+        )
+        logits = await pool.infer(served, images)
+    except Exception as exc:
+        status = getattr(exc, "status_code", 500)
+        metrics.MODEL_REQUESTS.labels(served.name, str(served.version), str(status)).inc()
+        raise
+    metrics.MODEL_REQUESTS.labels(served.name, str(served.version), "200").inc()
+    return PredictResponse(
+        model=served.name,
+        version=served.version,
+        ensemble_size=served.contract.ensemble_size,
+        predictions=predictions(served, logits, top_k, members, [u[0] for u in uploads]),
+    )

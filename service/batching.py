@@ -1,0 +1,170 @@
+"""Dynamic batching: images queue per model and leave as one batch per forward pass.
+
+`collect_batch` is the whole policy and a pure function: it takes queued images in arrival
+order up to the batch limit and sets aside those whose request already timed out or went away.
+`DynamicBatcher` runs it in a loop: it waits for a first image, then up to the queue delay for
+a fuller batch, and runs inference in a worker thread so the event loop keeps taking requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import Timeout, TooManyRequests, Unavailable
+
+
+@dataclass(eq=False)
+class Pending:
+    """One image waiting for its share of a forward pass."""
+
+    image: np.ndarray  # float32 [C, H, W]
+    future: asyncio.Future[np.ndarray]
+    deadline: float  # time.monotonic() after which nobody waits for the answer
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+def collect_batch(
+    queue: deque[Pending], max_batch: int, now: float
+) -> tuple[list[Pending], list[Pending]]:
+    """Pop up to `max_batch` live images in arrival order; expired or cancelled ones apart."""
+    batch: list[Pending] = []
+    dropped: list[Pending] = []
+    while queue and len(batch) < max_batch:
+        item = queue.popleft()
+        if item.future.done() or item.deadline <= now:
+            dropped.append(item)
+        else:
+            batch.append(item)
+    return batch, dropped
+
+
+@dataclass
+class BatchObserver:
+    """Hooks for metrics; the batcher itself knows nothing of Prometheus."""
+
+    on_batch: Callable[[int, float], None] = lambda size, seconds: None
+    on_queue_wait: Callable[[float], None] = lambda seconds: None
+    on_queue_depth: Callable[[int], None] = lambda depth: None
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        infer: Callable[[np.ndarray], np.ndarray],
+        executor: Executor,
+        max_batch: int,
+        max_delay_s: float,
+        max_queue: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.infer = infer
+        self.executor = executor
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self.observer = observer or BatchObserver()
+        self.queue: deque[Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def submit(self, images: list[np.ndarray], timeout_s: float) -> list[np.ndarray]:
+        """Logits [M, K] for each image, in order; 429 at once when the queue is full."""
+        if self._closing:
+            raise Unavailable("the model is being unloaded; retry", {"Retry-After": "1"})
+        if len(self.queue) + len(images) > self.max_queue:
+            raise TooManyRequests(
+                f"queue full ({len(self.queue)} images waiting, limit {self.max_queue}); "
+                "retry after a second",
+                {"Retry-After": "1"},
+            )
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout_s
+        items = [Pending(img, loop.create_future(), deadline) for img in images]
+        self.queue.extend(items)
+        self.observer.on_queue_depth(len(self.queue))
+        self._wakeup.set()
+        try:
+            return list(
+                await asyncio.wait_for(asyncio.gather(*(i.future for i in items)), timeout_s)
+            )
+        except TimeoutError:
+            raise Timeout(
+                f"no answer within {timeout_s:g} s (MIMO_REQUEST_TIMEOUT_S); the server is "
+                "overloaded: retry later or send fewer images"
+            ) from None
+        finally:
+            for item in items:  # the collector skips what nobody waits for any more
+                if not item.future.done():
+                    item.future.cancel()
+
+    async def _next_batch(self) -> list[Pending]:
+        while not self.queue:
+            self._wakeup.clear()
+            if self._closing:
+                return []
+            await self._wakeup.wait()
+        # A first image is here: wait for a fuller batch, at most the queue delay after it.
+        window_end = self.queue[0].enqueued + self.max_delay_s
+        while len(self.queue) < self.max_batch:
+            remaining = window_end - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+        now = time.monotonic()
+        batch, dropped = collect_batch(self.queue, self.max_batch, now)
+        self.observer.on_queue_depth(len(self.queue))
+        for item in dropped:
+            if not item.future.done():
+                item.future.set_exception(Timeout("timed out in the queue"))
+        for item in batch:
+            self.observer.on_queue_wait(now - item.enqueued)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                if self._closing:
+                    return
+                continue
+            images = np.stack([item.image for item in batch])
+            started = time.perf_counter()
+            try:
+                logits = await loop.run_in_executor(self.executor, self.infer, images)
+            except Exception:  # isolate the image that broke the batch
+                await self._one_by_one(batch)
+                continue
+            self.observer.on_batch(len(batch), time.perf_counter() - started)
+            for item, row in zip(batch, logits, strict=True):
+                if not item.future.done():
+                    item.future.set_result(row)
+
+    async def _one_by_one(self, batch: list[Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        for item in batch:
+            try:
+                row = (await loop.run_in_executor(self.executor, self.infer, item.image[None]))[0]
+            except Exception as exc:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            else:
+                if not item.future.done():
+                    item.future.set_result(row)
+
+    async def close(self) -> None:
+        """Stop taking images, answer every queued one, then end."""
+        self._closing = True
+        self._wakeup.set()
+        await self._task

@@ -1,0 +1,78 @@
+"""The application: wiring only. The lifespan builds the registry and the batchers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from service import metrics
+from service.api import health, models, predict, v2
+from service.errors import ServiceError
+from service.middleware import BodyLimit, HttpMetrics
+from service.pool import BatcherPool
+from service.registry import ModelRegistry
+from service.settings import Settings
+
+log = logging.getLogger("mimo.service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.ready = False
+        registry = ModelRegistry(
+            settings.repository, settings.providers, settings.threads, settings.max_batch_size
+        )
+        report = registry.load_all()
+        for m in registry.models():
+            metrics.MODEL_INFO.labels(
+                m.name, str(m.version), str(m.contract.ensemble_size), m.provider
+            ).set(1)
+        log.info("serving %s; refused %s", report.loaded, list(report.failed) or "none")
+        app.state.registry = registry
+        app.state.pool = BatcherPool(registry, settings)
+        app.state.ready = bool(report.loaded)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await app.state.pool.close()  # answers everything still queued
+
+    app = FastAPI(
+        title="mimo-serve",
+        version="0.1.0",
+        description="Uncertainty-aware image classification: MIMO ensembles on ONNX Runtime, "
+        "one forward pass per image.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.ready = False
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return JSONResponse({"error": f"invalid request: {problems}"}, 400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+    for router in (predict.router, models.router, v2.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HttpMetrics)
+    return app

@@ -1,0 +1,105 @@
+"""Every Prometheus metric of the service, declared once.
+
+Names carry the `mimo_` prefix and base units; labels stay low-cardinality (model, version,
+endpoint, status code, class label of a fixed label set). With several uvicorn workers,
+prometheus-client's multiprocess mode is on (PROMETHEUS_MULTIPROC_DIR set before import, see
+service/__main__.py) and the gauges say how their per-process values combine.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Nats; mutual information is bounded by log M (log 4 = 1.39), entropy by log K (log 10 = 2.30).
+INFORMATION_BUCKETS = (0.0001, 0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5)
+# Fraction of head pairs that disagree: 0, 1/6, 1/3, 1/2, 2/3, 1 for up to 4 heads.
+DISAGREEMENT_BUCKETS = (0.0, 0.17, 0.34, 0.5, 0.67, 0.84, 1.0)
+
+MODEL = ("model", "version")
+
+REQUESTS = Counter(
+    "mimo_requests_total", "HTTP requests by endpoint and status code", ["endpoint", "status"]
+)
+MODEL_REQUESTS = Counter(
+    "mimo_model_requests_total", "Inference requests by model and outcome", [*MODEL, "status"]
+)
+REQUEST_DURATION = Histogram(
+    "mimo_request_duration_seconds",
+    "Wall time of an HTTP request, reading the body to the last byte of the answer",
+    ["endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_DURATION = Histogram(
+    "mimo_queue_duration_seconds",
+    "Time an image waited in the batching queue",
+    MODEL,
+    buckets=LATENCY_BUCKETS,
+)
+INFERENCE_DURATION = Histogram(
+    "mimo_inference_duration_seconds",
+    "Time of one forward pass (session.run) for a whole batch",
+    MODEL,
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram("mimo_batch_size", "Images per forward pass", MODEL, buckets=BATCH_BUCKETS)
+QUEUE_DEPTH = Gauge(
+    "mimo_queue_depth", "Images waiting in the batching queue", MODEL, multiprocess_mode="livesum"
+)
+IN_FLIGHT = Gauge(
+    "mimo_requests_in_flight", "HTTP requests being served", multiprocess_mode="livesum"
+)
+MUTUAL_INFORMATION = Histogram(
+    "mimo_mutual_information_nats",
+    "Mutual information between the prediction and the heads (epistemic uncertainty)",
+    MODEL,
+    buckets=INFORMATION_BUCKETS,
+)
+PREDICTIVE_ENTROPY = Histogram(
+    "mimo_predictive_entropy_nats",
+    "Entropy of the ensemble mean prediction (total uncertainty)",
+    MODEL,
+    buckets=INFORMATION_BUCKETS,
+)
+DISAGREEMENT = Histogram(
+    "mimo_disagreement_ratio",
+    "Fraction of head pairs whose top classes differ",
+    MODEL,
+    buckets=DISAGREEMENT_BUCKETS,
+)
+PREDICTIONS = Counter(
+    "mimo_predictions_total", "Predictions by predicted class label", [*MODEL, "label"]
+)
+UNCERTAIN = Counter(
+    "mimo_uncertain_predictions_total",
+    "Predictions flagged uncertain (mutual information above the model's threshold)",
+    MODEL,
+)
+MODEL_INFO = Gauge(
+    "mimo_model_info",
+    "1 for each served model version, with its ensemble size and execution provider",
+    [*MODEL, "ensemble_size", "provider"],
+    multiprocess_mode="max",
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition, aggregated over worker processes in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,68 @@
+"""One dynamic batcher per served model version, created on first use."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from service import metrics
+from service.batching import BatchObserver, DynamicBatcher
+from service.registry import ModelRegistry, ServedModel
+from service.settings import Settings
+
+
+def observer_for(model: ServedModel) -> BatchObserver:
+    labels = (model.name, str(model.version))
+    batch_size = metrics.BATCH_SIZE.labels(*labels)
+    inference = metrics.INFERENCE_DURATION.labels(*labels)
+
+    def on_batch(size: int, seconds: float) -> None:
+        batch_size.observe(size)
+        inference.observe(seconds)
+
+    return BatchObserver(
+        on_batch=on_batch,
+        on_queue_wait=metrics.QUEUE_DURATION.labels(*labels).observe,
+        on_queue_depth=metrics.QUEUE_DEPTH.labels(*labels).set,
+    )
+
+
+class BatcherPool:
+    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+        self.registry = registry
+        self.settings = settings
+        # One inference at a time per process: ONNX Runtime already uses every core it is given.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._batchers: dict[ServedModel, DynamicBatcher] = {}
+
+    def get(self, model: ServedModel) -> DynamicBatcher:
+        batcher = self._batchers.get(model)
+        if batcher is None:
+            batcher = DynamicBatcher(
+                model.infer,
+                self.executor,
+                self.settings.max_batch_size,
+                self.settings.max_queue_delay_ms / 1000.0,
+                self.settings.max_queue_size,
+                observer_for(model),
+            )
+            self._batchers[model] = batcher
+        return batcher
+
+    async def infer(self, model: ServedModel, images: list[np.ndarray]) -> np.ndarray:
+        """logits [N, M, K] for a request's images, through the model's batching queue."""
+        rows = await self.get(model).submit(images, self.settings.request_timeout_s)
+        return np.stack(rows)
+
+    async def retire_stale(self) -> None:
+        """Drain and stop the batchers of models the registry no longer serves (after a swap)."""
+        served = set(self.registry.models())
+        stale = [m for m in self._batchers if m not in served]
+        await asyncio.gather(*(self._batchers.pop(m).close() for m in stale))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(b.close() for b in self._batchers.values()))
+        self._batchers.clear()
+        self.executor.shutdown(wait=True)

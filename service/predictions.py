@@ -1,0 +1,73 @@
+"""Logits of a batch -> the answers and the uncertainty metrics, per image."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service import metrics
+from service.registry import ServedModel
+from service.schemas import ClassProbability, MemberPrediction, Prediction, Uncertainty
+from service.uncertainty import EnsembleUncertainty, ensemble_uncertainty
+
+
+def observe(model: ServedModel, u: EnsembleUncertainty) -> np.ndarray:
+    """Record the uncertainty distributions; returns the `uncertain` flags."""
+    labels = (model.name, str(model.version))
+    flags = u.mutual_information > model.contract.thresholds["mutual_information"]
+    for mi, h, d in zip(u.mutual_information, u.predictive_entropy, u.disagreement, strict=True):
+        metrics.MUTUAL_INFORMATION.labels(*labels).observe(float(mi))
+        metrics.PREDICTIVE_ENTROPY.labels(*labels).observe(float(h))
+        metrics.DISAGREEMENT.labels(*labels).observe(float(d))
+    for index in u.probabilities.argmax(axis=1):
+        metrics.PREDICTIONS.labels(*labels, model.contract.labels[int(index)]).inc()
+    if flags.any():
+        metrics.UNCERTAIN.labels(*labels).inc(int(flags.sum()))
+    return flags
+
+
+def predictions(
+    model: ServedModel,
+    logits: np.ndarray,
+    top_k: int,
+    include_members: bool,
+    filenames: list[str | None],
+) -> list[Prediction]:
+    """logits [N, M, K] -> one Prediction per image."""
+    names = model.contract.labels
+    threshold = model.contract.thresholds["mutual_information"]
+    u = ensemble_uncertainty(logits, model.contract.temperature)
+    flags = observe(model, u)
+    out = []
+    for i, filename in enumerate(filenames):
+        p = u.probabilities[i]
+        order = np.argsort(-p, kind="stable")[: min(top_k, len(names))]
+        best = int(order[0])
+        members = None
+        if include_members:
+            members = [
+                MemberPrediction(
+                    label=names[int(j)],
+                    index=int(j),
+                    probability=float(pm[j]),
+                    kl_to_mean=float(u.kl_to_mean[i, m]),
+                )
+                for m, pm in enumerate(u.member_probabilities[i])
+                for j in [int(pm.argmax())]
+            ]
+        out.append(
+            Prediction(
+                filename=filename,
+                label=names[best],
+                index=best,
+                probability=float(p[best]),
+                top_k=[
+                    ClassProbability(label=names[int(j)], index=int(j), probability=float(p[j]))
+                    for j in order
+                ],
+                uncertainty=Uncertainty(**{name: float(v[i]) for name, v in u.measures().items()}),
+                uncertain=bool(flags[i]),
+                threshold=threshold,
+                members=members,
+            )
+        )
+    return out

@@ -1,0 +1,113 @@
+"""Image bytes -> the model's input: decode, convert the mode, resize, scale to [0, 1].
+
+How is the model's to say (`mimo.preprocess`): color "L" or "RGB", resize [width, height],
+resample filter, invert. Transparent pixels count as black (no ink), the background of the
+light-on-dark datasets; 16-bit images keep their full range; JPEG EXIF orientation is applied.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import BadRequest, PayloadTooLarge
+
+ACCEPTED = "PNG, JPEG, GIF, BMP, TIFF or WebP"
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def _describe(data: bytes, content_type: str | None) -> str:
+    kind = content_type or "unknown type"
+    return f"{len(data)} bytes of {kind}"
+
+
+def decode(data: bytes, content_type: str | None, max_pixels: int) -> Image.Image:
+    """Open and fully decode an image, refusing empty, foreign, truncated and huge inputs."""
+    if not data:
+        raise BadRequest(f"empty body: expected an image ({ACCEPTED})")
+    image: Image.Image | None = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size  # read from the header, before any pixel is decoded
+            if width * height > max_pixels:
+                raise PayloadTooLarge(
+                    f"image is {width}x{height} = {width * height:,} pixels; the limit is "
+                    f"{max_pixels:,} (MIMO_MAX_IMAGE_PIXELS): send a smaller image"
+                )
+            image.load()
+    except PayloadTooLarge:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise PayloadTooLarge(f"image refused as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise BadRequest(
+            f"expected an image ({ACCEPTED}), got {_describe(data, content_type)}"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadRequest(
+            f"could not decode the {getattr(image, 'format', None) or 'image'} "
+            f"({_describe(data, content_type)}): {exc}; the file may be truncated or corrupt"
+        ) from None
+    assert image is not None
+    return image
+
+
+def _to_mode(image: Image.Image, color: str) -> np.ndarray:
+    """float32 [H, W, C] in [0, 1] in the requested color ("L" or "RGB")."""
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in _SIXTEEN_BIT:
+        # PIL's convert("L") clips 16-bit values instead of scaling them.
+        gray = np.asarray(image, dtype=np.float32) / 65535.0
+        gray = np.clip(gray, 0.0, 1.0)[..., None]
+        return gray if color == "L" else np.repeat(gray, 3, axis=-1)
+    if image.mode == "F":
+        gray = np.clip(np.asarray(image, dtype=np.float32) / 255.0, 0.0, 1.0)[..., None]
+        return gray if color == "L" else np.repeat(gray, 3, axis=-1)
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(black, rgba)
+    return (
+        np.asarray(image.convert(color), dtype=np.float32).reshape(image.size[1], image.size[0], -1)
+        / 255.0
+    )
+
+
+def to_input(image: Image.Image, spec: dict[str, Any]) -> np.ndarray:
+    """A decoded image -> float32 [C, H, W] in [0, 1], as the model's preprocess says."""
+    color = spec["color"]
+    width, height = spec["resize"]
+    pixels = _to_mode(image, color)  # [h, w, c]
+    if pixels.shape[:2] != (height, width):
+        resample = RESAMPLE[spec.get("resample", "bilinear")]
+        channels = [
+            np.asarray(
+                Image.fromarray(pixels[..., c], mode="F").resize((width, height), resample),
+                dtype=np.float32,
+            )
+            for c in range(pixels.shape[-1])
+        ]
+        pixels = np.clip(np.stack(channels, axis=-1), 0.0, 1.0)
+    if spec.get("invert", False):
+        pixels = 1.0 - pixels
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+
+
+def preprocess(
+    data: bytes, content_type: str | None, spec: dict[str, Any], max_pixels: int
+) -> np.ndarray:
+    return to_input(decode(data, content_type, max_pixels), spec)

@@ -1,0 +1,160 @@
+"""The model repository: `<root>/<name>/<version>/model.onnx`, validated, warmed, swappable.
+
+A model is served only once its file passed the contract reader and a warm-up run. Reloading
+a name builds every version anew first and swaps the whole table at once: requests already
+holding the old model finish on it, and a file that fails validation leaves the old one serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.contract import ContractError, ModelContract, parse_contract
+from service.errors import NotFound
+from service.runtime import ProviderError, create_session, provider_name
+
+log = logging.getLogger("mimo.registry")
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+@dataclass(eq=False)
+class ServedModel:
+    name: str
+    version: int
+    path: Path
+    session: ort.InferenceSession
+    contract: ModelContract
+    provider: str
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """float32 [N, C, H, W] in [0, 1] -> logits [N, M, K]: one forward pass, tiled M times."""
+        m = self.contract.ensemble_size
+        tiled = np.ascontiguousarray(
+            np.broadcast_to(images[:, None], (len(images), m, *images.shape[1:]))
+        )
+        return self.session.run(["logits"], {"images": tiled})[0]
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def load_model(
+    path: Path, name: str, version: int, providers: str, threads: int, warmup_batch: int
+) -> ServedModel:
+    session = create_session(str(path), providers, threads)
+    contract = parse_contract(
+        session.get_modelmeta().custom_metadata_map,
+        session.get_inputs(),
+        session.get_outputs(),
+        str(path),
+    )
+    model = ServedModel(name, version, path, session, contract, provider_name(session))
+    zeros = np.zeros((1, *contract.input_shape), np.float32)
+    for batch in {1, warmup_batch}:
+        model.infer(np.repeat(zeros, batch, axis=0))  # warm-up: first runs allocate and tune
+    return model
+
+
+class ModelRegistry:
+    def __init__(self, root: Path, providers: str, threads: int, warmup_batch: int) -> None:
+        self.root = Path(root)
+        self.providers = providers
+        self.threads = threads
+        self.warmup_batch = warmup_batch
+        self._models: dict[str, dict[int, ServedModel]] = {}
+        self.failures: dict[str, str] = {}  # "name/version" -> why it is not served
+        self._lock = threading.Lock()  # serialises reloads; reads take the table as it is
+
+    def _versions_on_disk(self, name: str) -> dict[int, Path]:
+        folder = self.root / name
+        if not folder.is_dir():
+            return {}
+        return {
+            int(v.name): v / "model.onnx"
+            for v in folder.iterdir()
+            if v.is_dir() and v.name.isdigit() and int(v.name) > 0 and (v / "model.onnx").is_file()
+        }
+
+    def names_on_disk(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME.fullmatch(p.name))
+
+    def _build(self, name: str) -> tuple[dict[int, ServedModel], dict[str, str]]:
+        built: dict[int, ServedModel] = {}
+        failed: dict[str, str] = {}
+        for version, path in sorted(self._versions_on_disk(name).items()):
+            try:
+                built[version] = load_model(
+                    path, name, version, self.providers, self.threads, self.warmup_batch
+                )
+            except (ContractError, ProviderError) as exc:
+                failed[f"{name}/{version}"] = str(exc)
+            except Exception as exc:
+                failed[f"{name}/{version}"] = f"{path}: could not load: {exc}"
+        for key, why in failed.items():
+            log.error("not serving %s: %s", key, why)
+        return built, failed
+
+    def load_all(self) -> LoadReport:
+        report = LoadReport()
+        for name in self.names_on_disk():
+            report_one = self.load(name, replace_failed=True)
+            report.loaded += report_one.loaded
+            report.failed |= report_one.failed
+        return report
+
+    def load(self, name: str, replace_failed: bool = False) -> LoadReport:
+        """(Re)load every version of a name; the swap happens only if nothing failed.
+
+        With `replace_failed` (start-up), the versions that did load are served anyway.
+        """
+        if not NAME.fullmatch(name):
+            raise NotFound(f"model name {name!r} must match {NAME.pattern}")
+        with self._lock:
+            if not self._versions_on_disk(name):
+                raise NotFound(
+                    f"no model {name!r} in {self.root} "
+                    f"(expected {self.root}/{name}/<version>/model.onnx)"
+                )
+            built, failed = self._build(name)
+            if failed and not replace_failed:
+                return LoadReport(failed=failed)
+            table = dict(self._models)
+            table[name] = built
+            self._models = table  # one assignment: readers see the old or the new table
+            self.failures = {k: v for k, v in self.failures.items() if not k.startswith(f"{name}/")}
+            self.failures |= failed
+            return LoadReport(loaded=[f"{name}/{v}" for v in built], failed=failed)
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            if name not in self._models:
+                raise NotFound(f"model {name!r} is not loaded")
+            table = dict(self._models)
+            del table[name]
+            self._models = table
+
+    def get(self, name: str, version: int | None = None) -> ServedModel:
+        versions = self._models.get(name)
+        if not versions:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise NotFound(f"unknown model {name!r}; served models: {known}")
+        if version is None:
+            return versions[max(versions)]
+        if version not in versions:
+            raise NotFound(f"model {name!r} has no version {version}; versions: {sorted(versions)}")
+        return versions[version]
+
+    def models(self) -> list[ServedModel]:
+        return [m for versions in self._models.values() for m in versions.values()]

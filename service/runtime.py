@@ -1,0 +1,65 @@
+"""ONNX Runtime sessions on the execution provider that was asked for, never a silent fallback.
+
+onnxruntime-gpu quietly falls back to the CPU when CUDA cannot start (two lines on stderr), so
+the providers a session really got are read back with `get_providers()`: asking for `cuda` or
+`tensorrt` and getting the CPU is an error; `auto` takes the best available and logs it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import onnxruntime as ort
+
+log = logging.getLogger("mimo.runtime")
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+SHORT = {CPU: "cpu", CUDA: "cuda", TENSORRT: "tensorrt"}
+
+
+class ProviderError(RuntimeError):
+    pass
+
+
+def requested_providers(choice: str, available: list[str]) -> list[Any]:
+    """The provider list to hand to InferenceSession for a setting value."""
+    if choice == "cpu":
+        return [CPU]
+    if choice == "cuda":
+        return [(CUDA, {"cudnn_conv_algo_search": "EXHAUSTIVE"}), CPU]
+    if choice == "tensorrt":
+        trt = {"trt_engine_cache_enable": True, "trt_fp16_enable": True}
+        return [(TENSORRT, trt), CUDA, CPU]
+    if choice == "auto":
+        return [p for p in (TENSORRT, CUDA) if p in available] + [CPU]
+    raise ProviderError(f"unknown providers setting {choice!r}: use auto, cpu, cuda or tensorrt")
+
+
+def create_session(path: str, choice: str, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Spinning threads burn idle CPU between requests; a server mostly waits.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    wanted = requested_providers(choice, ort.get_available_providers())
+    session = ort.InferenceSession(path, options, providers=wanted)
+    got = session.get_providers()
+    if choice in ("cuda", "tensorrt"):
+        needed = CUDA if choice == "cuda" else TENSORRT
+        if needed not in got:
+            raise ProviderError(
+                f"{path}: asked for {choice} but ONNX Runtime gave {got} (available: "
+                f"{ort.get_available_providers()}); install onnxruntime-gpu with a working "
+                "CUDA, or set MIMO_PROVIDERS=cpu"
+            )
+    log.info("%s runs on %s", path, got[0])
+    return session
+
+
+def provider_name(session: ort.InferenceSession) -> str:
+    first = session.get_providers()[0]
+    return SHORT.get(first, first)

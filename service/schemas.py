@@ -1,0 +1,105 @@
+"""The JSON answers of the service (documented in the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ClassProbability(BaseModel):
+    label: str
+    index: int
+    probability: float
+
+
+class MemberPrediction(ClassProbability):
+    kl_to_mean: float = Field(description="KL(p_m || p) in nats; their mean is the MI")
+
+
+class Uncertainty(BaseModel):
+    predictive_entropy: float = Field(description="H[p] of the mean prediction, nats (total)")
+    expected_entropy: float = Field(description="mean of the heads' entropies, nats (aleatoric)")
+    mutual_information: float = Field(description="H[p] - mean H[p_m], nats (epistemic)")
+    disagreement: float = Field(description="fraction of head pairs whose top classes differ")
+    variance: float = Field(description="mean over classes of the heads' probability variance")
+
+
+class Prediction(BaseModel):
+    filename: str | None = None
+    label: str
+    index: int
+    probability: float
+    top_k: list[ClassProbability]
+    uncertainty: Uncertainty
+    uncertain: bool = Field(description="mutual information above the model's threshold")
+    threshold: float = Field(description="the model's mutual-information threshold")
+    members: list[MemberPrediction] | None = None
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    ensemble_size: int
+    predictions: list[Prediction]
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "model": "mnist",
+                    "version": 1,
+                    "ensemble_size": 3,
+                    "predictions": [
+                        {
+                            "filename": "seven.png",
+                            "label": "7",
+                            "index": 7,
+                            "probability": 0.998,
+                            "top_k": [
+                                {"label": "7", "index": 7, "probability": 0.998},
+                                {"label": "2", "index": 2, "probability": 0.001},
+                            ],
+                            "uncertainty": {
+                                "predictive_entropy": 0.015,
+                                "expected_entropy": 0.014,
+                                "mutual_information": 0.0004,
+                                "disagreement": 0.0,
+                                "variance": 0.00001,
+                            },
+                            "uncertain": False,
+                            "threshold": 0.02,
+                            "members": [
+                                {
+                                    "label": "7",
+                                    "index": 7,
+                                    "probability": 0.999,
+                                    "kl_to_mean": 0.0002,
+                                }
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    }
+
+
+class ModelDescription(BaseModel):
+    name: str
+    version: int
+    ensemble_size: int
+    labels: list[str]
+    input_shape: list[int] = Field(description="[C, H, W] of one image")
+    preprocess: dict
+    temperature: float
+    thresholds: dict[str, float]
+    provider: str = Field(description="execution provider in use: cpu, cuda or tensorrt")
+    default: bool = Field(description="answers /predict when no model is named")
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelDescription]
+    unavailable: dict[str, str] = Field(description="model versions refused at load, and why")
+
+
+class ErrorResponse(BaseModel):
+    error: str

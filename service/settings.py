@@ -1,0 +1,37 @@
+"""Every knob of the service, read from the environment (prefix `MIMO_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Providers = Literal["auto", "cpu", "cuda", "tensorrt"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MIMO_", env_file=None, extra="ignore")
+
+    repository: Path = Field(Path("models"), description="model repository <name>/<version>/")
+    default_model: str = Field("mnist", description="model answering /predict without a name")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    max_batch_size: int = Field(32, ge=1, description="images per forward pass at most")
+    max_queue_delay_ms: float = Field(2.0, ge=0, description="wait for a fuller batch at most")
+    max_queue_size: int = Field(256, ge=1, description="queued images per model before 429")
+    request_timeout_s: float = Field(10.0, gt=0, description="a request waits at most this")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(
+        16_000_000, ge=1, description="decoded width x height at most (decompression bombs)"
+    )
+    max_images_per_request: int = Field(64, ge=1)
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per core)")
+    providers: Providers = Field("auto", description="execution providers to ask for")
+    api_key: SecretStr | None = Field(None, description="require `Authorization: Bearer <key>`")
+    metrics_dir: Path | None = Field(
+        None, description="prometheus multiprocess directory (set when workers > 1)"
+    )
+    log_level: str = "info"
