@@ -10,6 +10,7 @@ from dataclasses import fields
 from typing import Any
 
 from training.config import PRESETS, TrainConfig, with_overrides
+from training.data import DatasetError
 
 
 def _flag_type(hint: Any) -> tuple[Any, str | None]:
@@ -43,7 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     add_evaluate_parser(sub)
     add_export_parser(sub)
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (DatasetError, FileNotFoundError) as error:
+        # A user's path is wrong (the message names it): say so, without a traceback.
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
 
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         from training.train import train
 
