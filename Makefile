@@ -5,18 +5,16 @@ BIN := $(VENV)/bin
 MNIST_DIR ?= ../shared/data/mnist
 RUNS ?= runs
 
-.PHONY: serve test lint venv install-train default-model results clean
+.PHONY: serve test lint default-model results clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
 
-# Serves the embedded default model. Until the service lands (issue 3), this evaluates it
-# through ONNX Runtime on the MNIST test set, the same engine that will serve it.
+# Serves the embedded default model (models/mnist/1) on port 8000; MIMO_* variables configure it.
 serve: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[cpu,train]'
-	$(BIN)/python -m training evaluate --onnx models/mnist/1/model.onnx \
-		--data-dir $(MNIST_DIR) --out $(RUNS)/serve-check
+	$(BIN)/pip install --quiet -e '.[cpu]'
+	$(BIN)/python -m service
 
 test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[cpu,train,dev]'
