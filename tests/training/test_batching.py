@@ -9,14 +9,6 @@ import torch.nn.functional as F
 from training.batching import agreement_loss, mimo_batch, mimo_indices, mimo_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

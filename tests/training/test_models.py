@@ -21,15 +21,6 @@ MEAN = [0.2, 0.5, 0.7]
 STD = [0.3, 0.25, 0.1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: extra intra-op threads only contend with whatever else runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(arch: str, ensemble_size: int, seed: int = 0) -> MimoNetwork:
     shape, width, depth = ARCHS[arch]
     torch.manual_seed(seed)

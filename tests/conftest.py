@@ -1,0 +1,20 @@
+"""Shared fixtures: one tiny real MIMO model per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model.pt of an M=3 MIMO CNN trained for a few seconds on the sklearn digits."""
+    from training.config import PRESETS, with_overrides
+    from training.train import train
+
+    out = tmp_path_factory.mktemp("digits-run")
+    config = with_overrides(
+        PRESETS["digits"], {"epochs": 6, "lr": 1e-2, "threads": 2, "out_dir": str(out)}
+    )
+    return train(config)
