@@ -71,6 +71,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Still a JSON {"error"} body (OIP clients parse it); Starlette re-raises for the log.
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the log"}, 500)
+
     for router in (predict.router, models.router, v2.router, health.router):
         app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -36,6 +36,15 @@ class InferRequest:
     binary_default: bool
 
 
+def _parameters(owner: dict[str, Any], what: str) -> dict[str, Any]:
+    parameters = owner.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"`parameters` of {what} must be a JSON object, got {parameters!r}")
+    return parameters
+
+
 def _tensor(spec: dict[str, Any], raw: bytes | None) -> tuple[str, np.ndarray]:
     name = spec.get("name")
     datatype = spec.get("datatype")
@@ -58,8 +67,11 @@ def _tensor(spec: dict[str, Any], raw: bytes | None) -> tuple[str, np.ndarray]:
     if "data" not in spec:
         raise BadRequest(f"input {name!r} has neither `data` nor binary_data_size")
     try:
-        array = np.asarray(spec["data"], dtype=dtype if datatype != "FP32" else np.float64)
-    except (TypeError, ValueError) as exc:
+        array = np.asarray(spec["data"], dtype=np.float64 if dtype.kind == "f" else dtype)
+        # numpy truncates 1.5 to 1 when casting to an integer type: refuse it instead.
+        if dtype.kind in "iu" and not np.array_equal(array, np.asarray(spec["data"], np.float64)):
+            raise ValueError("values that are not integers")
+    except (TypeError, ValueError, OverflowError) as exc:
         raise BadRequest(f"input {name!r}: data is not a {datatype} array ({exc})") from None
     if array.size != count:
         raise BadRequest(
@@ -89,7 +101,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     for spec in request["inputs"]:
         if not isinstance(spec, dict):
             raise BadRequest("each input must be a JSON object")
-        size = (spec.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(spec, f"input {spec.get('name')!r}").get("binary_data_size")
         raw = None
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
@@ -103,8 +115,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         inputs[str(name)] = _tensor(spec, raw)
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} trailing binary bytes belong to no input")
-    parameters = request.get("parameters") or {}
-    binary_default = bool(parameters.get("binary_data_output", False))
+    binary_default = bool(_parameters(request, "the request").get("binary_data_output", False))
     outputs = None
     binary_outputs: set[str] = set()
     if request.get("outputs") is not None:
@@ -115,7 +126,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise BadRequest("each requested output needs a string `name`")
             outputs.append(out["name"])
-            if (out.get("parameters") or {}).get("binary_data", binary_default):
+            if _parameters(out, f"output {out['name']!r}").get("binary_data", binary_default):
                 binary_outputs.add(out["name"])
     rid = request.get("id")
     return InferRequest(

@@ -134,6 +134,10 @@ async def _infer(
     try:
         parsed = oip.parse_request(await request.body(), request.headers.get(oip.HEADER))
         images = images_from(parsed, model, settings.max_images_per_request)
+        known = [spec["name"] for spec in output_specs(model)]
+        unknown = [o for o in parsed.outputs or () if o not in known]
+        if unknown:  # before the forward pass: a refused request records no prediction
+            raise BadRequest(f"unknown outputs {unknown}; this model has {sorted(known)}")
         logits = await pool.infer(model, images)
     except Exception as exc:
         metrics.MODEL_REQUESTS.labels(*labels, str(getattr(exc, "status_code", 500))).inc()
@@ -150,9 +154,6 @@ async def _infer(
     tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
     tensors["uncertain"] = np.asarray(flags, dtype=np.bool_)
     if parsed.outputs is not None:
-        unknown = [o for o in parsed.outputs if o not in tensors]
-        if unknown:
-            raise BadRequest(f"unknown outputs {unknown}; this model has {sorted(tensors)}")
         tensors = {k: tensors[k] for k in parsed.outputs}
     binary = (
         parsed.binary_outputs

@@ -1,0 +1,207 @@
+"""Two uvicorn workers: the Prometheus totals aggregate both processes exactly, on every scrape."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+DEADLINE_S = 120  # for the whole module: start-up, traffic and scrapes
+PID_FILE = re.compile(r"_(\d+)\.db$")
+SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_pids(folder: Path) -> set[int]:
+    """PIDs that wrote prometheus multiprocess files (every worker sets mimo_model_info)."""
+    return {int(m.group(1)) for p in folder.glob("*.db") if (m := PID_FILE.search(p.name))}
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^PPid:\s*(\d+)", status, re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    metrics_dir: Path
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def two_workers(
+    model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("workers")
+    metrics_dir = tmp / "prometheus"
+    log = tmp / "server.log"
+    port = free_port()
+    env = {
+        **os.environ,
+        "MIMO_REPOSITORY": str(model_repository),
+        "MIMO_DEFAULT_MODEL": "digits",
+        "MIMO_HOST": "127.0.0.1",
+        "MIMO_PORT": str(port),
+        "MIMO_WORKERS": "2",
+        "MIMO_THREADS": "1",
+        "MIMO_METRICS_DIR": str(metrics_dir),
+        "MIMO_LOG_LEVEL": "warning",
+    }
+    for name in ("MIMO_API_KEY", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        env.pop(name, None)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, metrics_dir, log)
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if server.process.poll() is not None:
+                pytest.fail(
+                    f"the server exited with {server.process.returncode}:\n{log.read_text()}"
+                )
+            try:
+                ready = httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code == 200
+            except httpx.TransportError:
+                ready = False
+            # Ready once both workers finished their start-up (each has set mimo_model_info).
+            children = worker_pids(metrics_dir) if metrics_dir.is_dir() else set()
+            if ready and len(children) == 2:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"two workers not ready within 60 s ({children}):\n{log.read_text()}")
+            time.sleep(0.25)
+        yield server
+    finally:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+        for pid in children:  # the workers go with their supervisor; make sure of it
+            if parent_of(pid) == server.process.pid:
+                os.kill(pid, signal.SIGKILL)
+
+
+def digit_png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image[0], mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def send_predicts(url: str, pngs: list[bytes]) -> list[int]:
+    """Every PNG as its own /predict, 8 connections at a time (spread over both workers)."""
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        gate = asyncio.Semaphore(8)
+
+        async def one(png: bytes) -> int:
+            async with gate:
+                answer = await client.post(
+                    "/predict", content=png, headers={"Content-Type": "image/png"}
+                )
+                return answer.status_code
+
+        return await asyncio.gather(*(one(p) for p in pngs))
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    out = []
+    for line in text.splitlines():
+        found = SAMPLE.match(line)
+        if found and found["name"] == name:
+            labels = dict(LABEL.findall(found["labels"] or ""))
+            out.append((labels, float(found["value"])))
+    return out
+
+
+@pytest.mark.slow
+def test_metrics_aggregate_two_workers(two_workers: Server) -> None:
+    started = time.monotonic()
+    url = two_workers.url
+
+    # Two distinct worker processes, both children of the `python -m service` supervisor.
+    pids = worker_pids(two_workers.metrics_dir)
+    assert len(pids) == 2, sorted(p.name for p in two_workers.metrics_dir.iterdir())
+    assert two_workers.process.pid not in pids
+    assert {parent_of(pid) for pid in pids} == {two_workers.process.pid}
+
+    from training.data import load_dataset
+
+    images = load_dataset("digits", "test").images
+    pngs = [digit_png(images[i]) for i in range(40)]
+    statuses = asyncio.run(send_predicts(url, pngs))
+    assert statuses == [200] * 40
+
+    for i in range(10):  # each over a fresh connection: either worker may answer
+        with triton.InferenceServerClient(url.removeprefix("http://")) as client:
+            tensor = triton.InferInput("images", [1, 1, 8, 8], "UINT8")
+            tensor.set_data_from_numpy(images[40 + i : 41 + i])
+            result = client.infer("digits", [tensor])
+            assert result.as_numpy("probabilities").shape == (1, 10)
+
+    for _ in range(6):  # fresh connections: the scrapes land on either worker
+        answer = httpx.get(f"{url}/metrics", timeout=10)
+        assert answer.status_code == 200
+        text = answer.text
+        predict_ok = [
+            v
+            for labels, v in samples(text, "mimo_requests_total")
+            if labels.get("endpoint") == "/predict" and labels.get("status") == "200"
+        ]
+        assert sum(predict_ok) == 40, predict_ok
+        mi_count = [
+            v
+            for labels, v in samples(text, "mimo_mutual_information_nats_count")
+            if labels.get("model") == "digits"
+        ]
+        assert sum(mi_count) == 50, mi_count
+        predictions = [v for _, v in samples(text, "mimo_predictions_total")]
+        assert sum(predictions) == 50, predictions
+        info = samples(text, "mimo_model_info")
+        assert info, "mimo_model_info missing"
+        assert {(labels["model"], labels["version"]) for labels, _ in info} == {("digits", "1")}
+        assert all(v == 1 for _, v in info)
+        # Aggregated, not one row per process.
+        assert all("pid" not in labels for labels, _ in info)
+        ok_requests = [
+            v
+            for labels, v in samples(text, "mimo_model_requests_total")
+            if labels.get("status") == "200"
+        ]
+        assert sum(ok_requests) == 50, ok_requests
+
+    # No worker died and was replaced along the way.
+    assert worker_pids(two_workers.metrics_dir) == pids
+    assert time.monotonic() - started < DEADLINE_S
