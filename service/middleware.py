@@ -71,7 +71,7 @@ class BodyLimit:
 
 
 class _TooLarge(Exception):
-    pass
+    status_code = 413  # what the routes' request counters record for it
 
 
 ENDPOINTS = ("/predict", "/models", "/metrics", "/v2/health", "/v2/repository", "/v2/models", "/v2")

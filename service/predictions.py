@@ -20,8 +20,8 @@ def observe(model: ServedModel, u: EnsembleUncertainty) -> np.ndarray:
         metrics.DISAGREEMENT.labels(*labels).observe(float(d))
     for index in u.probabilities.argmax(axis=1):
         metrics.PREDICTIONS.labels(*labels, model.contract.labels[int(index)]).inc()
-    if flags.any():
-        metrics.UNCERTAIN.labels(*labels).inc(int(flags.sum()))
+    # Touched even when 0: the uncertain share (alerts, dashboard) needs the series to exist.
+    metrics.UNCERTAIN.labels(*labels).inc(int(flags.sum()))
     return flags
 
 

@@ -110,4 +110,11 @@ def to_input(image: Image.Image, spec: dict[str, Any]) -> np.ndarray:
 def preprocess(
     data: bytes, content_type: str | None, spec: dict[str, Any], max_pixels: int
 ) -> np.ndarray:
-    return to_input(decode(data, content_type, max_pixels), spec)
+    image = decode(data, content_type, max_pixels)
+    try:
+        return to_input(image, spec)
+    except (OSError, SyntaxError, ValueError) as exc:  # e.g. a LAB TIFF has no RGB conversion
+        raise BadRequest(
+            f"cannot use this {image.format or 'image'} of mode {image.mode} "
+            f"({_describe(data, content_type)}): {exc}; send a grayscale, RGB or RGBA image"
+        ) from None

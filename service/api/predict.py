@@ -54,7 +54,8 @@ async def read_images(request: Request, limit: int) -> list[tuple[str | None, by
     """(filename, bytes, content type) of every image in the request."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=limit, max_fields=limit)
+        # One over the limit, so that the check below names the setting to the client.
+        form = await request.form(max_files=limit + 1, max_fields=limit)
         files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
         if not files:
             raise BadRequest(

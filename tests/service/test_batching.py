@@ -1,0 +1,252 @@
+"""Dynamic batching: the pure collection policy, then the batcher with real numpy inference."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.batching import BatchObserver, DynamicBatcher, Pending, collect_batch
+from service.errors import Timeout, TooManyRequests, Unavailable
+
+# --- collect_batch ----------------------------------------------------------------------------
+
+
+def pending(loop: asyncio.AbstractEventLoop, value: float, deadline: float = 100.0) -> Pending:
+    return Pending(np.full((1, 2, 2), value, np.float32), loop.create_future(), deadline)
+
+
+def values(items: list[Pending]) -> list[float]:
+    return [float(i.image[0, 0, 0]) for i in items]
+
+
+@pytest.fixture
+def loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def test_collect_keeps_order_and_respects_max_batch(loop: asyncio.AbstractEventLoop) -> None:
+    queue = deque(pending(loop, v) for v in range(7))
+    batch, dropped = collect_batch(queue, 3, now=0.0)
+    assert values(batch) == [0, 1, 2] and dropped == []
+    assert values(list(queue)) == [3, 4, 5, 6]
+    batch, _ = collect_batch(queue, 3, now=0.0)
+    assert values(batch) == [3, 4, 5]
+    batch, _ = collect_batch(queue, 3, now=0.0)
+    assert values(batch) == [6] and not queue
+    assert collect_batch(queue, 3, now=0.0) == ([], [])
+
+
+def test_collect_sets_aside_expired_and_cancelled(loop: asyncio.AbstractEventLoop) -> None:
+    items = [pending(loop, v) for v in range(8)]
+    items[0].deadline = 5.0  # expired at now=10
+    items[2].future.cancel()  # the client went away
+    items[3].deadline = 10.0  # a deadline equal to now counts as expired
+    items[5].future.set_result(np.zeros(1))  # already answered
+    queue = deque(items)
+    batch, dropped = collect_batch(queue, 3, now=10.0)
+    # The dropped ones do not take a place in the batch: three live images still leave.
+    assert values(batch) == [1, 4, 6]
+    assert values(dropped) == [0, 2, 3, 5]
+    assert values(list(queue)) == [7]
+
+
+def test_collect_only_dead_items(loop: asyncio.AbstractEventLoop) -> None:
+    queue = deque(pending(loop, v, deadline=1.0) for v in range(3))
+    batch, dropped = collect_batch(queue, 2, now=2.0)
+    assert batch == [] and values(dropped) == [0, 1, 2] and not queue
+
+
+# --- DynamicBatcher ---------------------------------------------------------------------------
+
+
+class SumModel:
+    """Real numpy inference: one row per image, the sum of its pixels; records every batch.
+
+    `gate` (when set) holds inference until released, to keep images queued on purpose.
+    An image containing NaN makes the whole call fail, as a broken input would in a model."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.batches: list[list[float]] = []
+        self.gate = gate
+        self.started = threading.Event()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if np.isnan(images).any():
+            raise ValueError("NaN in the input")
+        sums = images.reshape(len(images), -1).sum(axis=1)
+        self.batches.append([float(s) for s in sums])
+        return np.stack([sums, -sums], axis=1)  # [N, 2]: row i belongs to image i
+
+
+def image(value: float) -> np.ndarray:
+    return np.full((1, 2, 2), value, np.float32)  # its sum is 4 * value
+
+
+def run(test: Callable[[ThreadPoolExecutor], object]) -> object:
+    executor = ThreadPoolExecutor(max_workers=1)
+    try:
+        return asyncio.run(test(executor))
+    finally:
+        executor.shutdown(wait=True)
+
+
+def test_concurrent_callers_get_their_own_rows_in_small_batches() -> None:
+    model = SumModel()
+    sizes: list[int] = []
+
+    async def main(executor: ThreadPoolExecutor) -> None:
+        observer = BatchObserver(on_batch=lambda size, seconds: sizes.append(size))
+        batcher = DynamicBatcher(model, executor, 4, 0.05, 100, observer)
+        results = await asyncio.gather(*(batcher.submit([image(i)], 5.0) for i in range(10)))
+        for i, rows in enumerate(results):
+            assert len(rows) == 1
+            np.testing.assert_allclose(rows[0], [4 * i, -4 * i])
+        await batcher.close()
+
+    run(main)
+    assert all(len(b) <= 4 for b in model.batches)
+    assert sorted(s for b in model.batches for s in b) == [4 * i for i in range(10)]
+    assert max(len(b) for b in model.batches) == 4  # they were batched, not run one by one
+    assert sizes == [len(b) for b in model.batches]
+
+
+def test_a_request_with_several_images_gets_them_in_order() -> None:
+    async def main(executor: ThreadPoolExecutor) -> None:
+        batcher = DynamicBatcher(SumModel(), executor, 3, 0.01, 100)
+        rows = await batcher.submit([image(v) for v in (5, 1, 7, 2, 9)], 5.0)
+        assert [float(r[0]) for r in rows] == [20, 4, 28, 8, 36]
+        await batcher.close()
+
+    run(main)
+
+
+def test_single_request_waits_at_most_the_delay() -> None:
+    async def main(executor: ThreadPoolExecutor) -> list[float]:
+        batcher = DynamicBatcher(SumModel(), executor, 8, 0.15, 100)
+        elapsed = []
+        for _ in range(2):
+            started = time.monotonic()
+            await batcher.submit([image(1)], 5.0)
+            elapsed.append(time.monotonic() - started)
+        await batcher.close()
+        return elapsed
+
+    for seconds in run(main):
+        assert 0.13 <= seconds < 0.15 + 0.25  # it waits for company, but not longer
+
+
+def test_a_full_batch_leaves_without_waiting_for_the_delay() -> None:
+    async def main(executor: ThreadPoolExecutor) -> float:
+        batcher = DynamicBatcher(SumModel(), executor, 4, 10.0, 100)
+        started = time.monotonic()
+        await asyncio.gather(*(batcher.submit([image(i)], 20.0) for i in range(4)))
+        elapsed = time.monotonic() - started
+        await batcher.close()
+        return elapsed
+
+    assert run(main) < 1.0
+
+
+def test_queue_full_is_refused_at_once_with_retry_after() -> None:
+    gate = threading.Event()
+    model = SumModel(gate)
+
+    async def main(executor: ThreadPoolExecutor) -> None:
+        batcher = DynamicBatcher(model, executor, 1, 0.0, 2)
+        first = asyncio.ensure_future(batcher.submit([image(1)], 10.0))
+        while not model.started.is_set():  # the first image is in the forward pass ...
+            await asyncio.sleep(0.005)
+        queued = [asyncio.ensure_future(batcher.submit([image(v)], 10.0)) for v in (2, 3)]
+        await asyncio.sleep(0.02)  # ... and two wait in the queue: it is full
+        started = time.monotonic()
+        with pytest.raises(TooManyRequests) as info:
+            await batcher.submit([image(4)], 10.0)
+        assert time.monotonic() - started < 0.05
+        assert info.value.status_code == 429
+        assert info.value.headers["Retry-After"] == "1"
+        # Two images at once do not fit in one free place either.
+        gate.set()
+        await asyncio.gather(first, *queued)
+        await batcher.close()
+
+    run(main)
+    assert sorted(s for b in model.batches for s in b) == [4, 8, 12]
+
+
+def test_timeout_answers_504_and_the_image_is_never_run() -> None:
+    gate = threading.Event()
+    model = SumModel(gate)
+
+    async def main(executor: ThreadPoolExecutor) -> None:
+        batcher = DynamicBatcher(model, executor, 1, 0.0, 10)
+        first = asyncio.ensure_future(batcher.submit([image(1)], 10.0))
+        while not model.started.is_set():
+            await asyncio.sleep(0.005)
+        started = time.monotonic()
+        with pytest.raises(Timeout) as info:
+            await batcher.submit([image(100)], 0.1)  # waits behind the blocked forward pass
+        assert 0.09 <= time.monotonic() - started < 0.5
+        assert info.value.status_code == 504
+        gate.set()
+        await first
+        assert (await batcher.submit([image(2)], 5.0))[0][0] == 8
+        await batcher.close()
+
+    run(main)
+    assert [s for b in model.batches for s in b] == [4, 8]  # 400 (the timed-out one) never ran
+
+
+def test_a_failing_image_fails_only_its_caller() -> None:
+    model = SumModel()
+
+    async def main(executor: ThreadPoolExecutor) -> None:
+        batcher = DynamicBatcher(model, executor, 4, 0.5, 100)
+        inputs = [image(1), image(2), image(np.nan), image(3)]
+        results = await asyncio.gather(
+            *(batcher.submit([x], 5.0) for x in inputs), return_exceptions=True
+        )
+        assert isinstance(results[2], ValueError) and "NaN" in str(results[2])
+        assert [float(r[0][0]) for i, r in enumerate(results) if i != 2] == [4, 8, 12]
+        # The batcher keeps serving afterwards.
+        assert (await batcher.submit([image(5)], 5.0))[0][0] == 20
+        await batcher.close()
+
+    run(main)
+    # The four went as one batch, which failed; then each ran alone.
+    assert model.batches == [[4.0], [8.0], [12.0], [20.0]]
+
+
+def test_close_answers_everything_queued_then_refuses() -> None:
+    gate = threading.Event()
+    model = SumModel(gate)
+
+    async def main(executor: ThreadPoolExecutor) -> None:
+        batcher = DynamicBatcher(model, executor, 2, 0.0, 100)
+        tasks = [asyncio.ensure_future(batcher.submit([image(i)], 10.0)) for i in range(7)]
+        while not model.started.is_set():
+            await asyncio.sleep(0.005)
+        assert len(batcher.queue) >= 5  # most are still queued when the close begins
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0.02)
+        with pytest.raises(Unavailable) as info:
+            await batcher.submit([image(9)], 1.0)
+        assert info.value.status_code == 503
+        gate.set()
+        await closing
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 0.5)  # answered, none failed
+        assert [float(r[0][0]) for r in results] == [4 * i for i in range(7)]
+
+    run(main)
+    assert all(len(b) <= 2 for b in model.batches)
