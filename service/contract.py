@@ -124,7 +124,7 @@ def parse_contract(
         raise ContractError(
             f"{source}: mimo.preprocess color {color!r} does not fit {shape[0]} input channels"
         )
-    if list(preprocess.get("resize", [])) != [shape[2], shape[1]]:
+    if preprocess.get("resize") != [shape[2], shape[1]]:
         raise ContractError(
             f"{source}: mimo.preprocess resize {preprocess.get('resize')} must be the input's "
             f"[width, height] = {[shape[2], shape[1]]}"

@@ -53,7 +53,14 @@ class BatcherPool:
 
     async def infer(self, model: ServedModel, images: list[np.ndarray]) -> np.ndarray:
         """logits [N, M, K] for a request's images, through the model's batching queue."""
-        rows = await self.get(model).submit(images, self.settings.request_timeout_s)
+        batcher = self.get(model)
+        rows = await batcher.submit(images, self.settings.request_timeout_s)
+        if not batcher.queue and model not in self.registry.models():
+            # This request picked the model just before a reload swapped it out: nothing else
+            # queues on this batcher, so stop it rather than keep the old session alive.
+            if self._batchers.get(model) is batcher:
+                del self._batchers[model]
+            await batcher.close()
         return np.stack(rows)
 
     async def retire_stale(self) -> None:

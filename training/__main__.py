@@ -11,6 +11,7 @@ from typing import Any
 
 from training.config import PRESETS, TrainConfig, with_overrides
 from training.data import DatasetError
+from training.export import ExportError
 
 
 def _flag_type(hint: Any) -> tuple[Any, str | None]:
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _run(args)
-    except (DatasetError, FileNotFoundError) as error:
-        # A user's path is wrong (the message names it): say so, without a traceback.
+    except (DatasetError, FileNotFoundError, ExportError) as error:
+        # A user's path or name is wrong (the message says which): no traceback.
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
 

@@ -17,6 +17,8 @@ class TrainConfig:
     image_size: int | None = None  # imagefolder only: images are resized to this square
     color: str | None = None  # imagefolder only: "L" or "RGB"
     val_size: int = 200  # examples held out of train for calibration and thresholds
+    val_seed: int | None = None  # which examples (None: the run's seed); fix it across the
+    # members of a deep ensemble so that their common validation split is held out of all
     # network
     arch: str = "cnn"  # cnn | resnet18 | wrn
     width: float = 1.0  # channel multiplier (WRN: the k of WRN-d-k)
@@ -50,6 +52,10 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads per process (None: cores / processes)
     out_dir: str = "runs/default"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in the checkpoint
+
+    @property
+    def split_seed(self) -> int:
+        return self.seed if self.val_seed is None else self.val_seed
 
 
 PRESETS: dict[str, TrainConfig] = {

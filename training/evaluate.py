@@ -223,7 +223,7 @@ def validation_split(checkpoint: dict[str, Any]) -> ImageDataset:
 
     config = config_from_dict(checkpoint["config"])
     full = load_dataset(config.dataset, "train", config.data_dir, config.image_size, config.color)
-    return split_validation(full, config.val_size, seed=config.seed)[1]
+    return split_validation(full, config.val_size, seed=config.split_seed)[1]
 
 
 def calibrate_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -270,18 +270,22 @@ def _run(args: argparse.Namespace) -> int:
         calibration = {"temperature": contract.temperature, "thresholds": contract.thresholds}
         describe: dict[str, Any] = {"onnx": args.onnx, "training": contract.training}
         data_dir = args.data_dir
+        # The test images must have the model's input format (imagefolder is resized to it).
+        channels, image_size, _ = contract.input_shape
+        color = "L" if channels == 1 else "RGB"
     else:
         checkpoints, predictor = load_checkpoints(args.checkpoint)
         val = validation_split(checkpoints[0])
         calibration = calibrate(predictor(as_float(val.images)), val.labels)
         first = checkpoints[0]["config"]
         dataset, data_dir = first["dataset"], args.data_dir or first["data_dir"]
+        image_size, color = first.get("image_size"), first.get("color")
         describe = {
             "checkpoints": [str(p) for p in args.checkpoint],
             "config": first,
             "history": checkpoints[0].get("history", [])[-1:],
         }
-    test = load_dataset(dataset, "test", data_dir)
+    test = load_dataset(dataset, "test", data_dir, image_size, color)
     result = evaluate(
         predictor, test, calibration, args.corruption_limit, args.ood_count, args.seed
     )

@@ -163,6 +163,9 @@ def write_atomic(data: bytes, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent.parent, prefix=".export-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            # mkstemp makes the file private (0600): a service running as another user could
+            # not read the model. Give it the mode of an ordinary file.
+            os.fchmod(f.fileno(), 0o644)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -120,7 +120,7 @@ def train(config: TrainConfig, resume: str | None = None) -> Path:
 
     # ---- data: uint8 tensors in memory; validation carved from train, never from test ----
     full = load_dataset(config.dataset, "train", config.data_dir, config.image_size, config.color)
-    train_set, val_set = split_validation(full, config.val_size, seed=config.seed)
+    train_set, val_set = split_validation(full, config.val_size, seed=config.split_seed)
     images = torch.as_tensor(train_set.images)  # uint8 [N, C, H, W]
     labels = torch.as_tensor(train_set.labels)  # int64 [N]
     c, h, w = train_set.shape

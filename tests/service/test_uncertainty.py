@@ -1,0 +1,138 @@
+"""The contract's uncertainty measures on hand-made logits whose answers are known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from service.uncertainty import MEASURES, disagreement, ensemble_uncertainty, softmax
+
+LOG2 = math.log(2.0)
+
+
+def logits_of(*probabilities: list[float]) -> np.ndarray:
+    """One image whose heads have exactly these probabilities: logits [1, M, K] = log p."""
+    return np.log(np.array([probabilities], dtype=np.float64))
+
+
+def test_identical_confident_heads_have_no_epistemic_uncertainty() -> None:
+    u = ensemble_uncertainty(np.array([[[12.0, 0.0, -3.0]] * 3]))
+    assert u.mutual_information[0] == pytest.approx(0.0, abs=1e-12)
+    assert u.disagreement[0] == 0.0
+    np.testing.assert_allclose(u.kl_to_mean, 0.0, atol=1e-12)
+    assert u.variance[0] == pytest.approx(0.0, abs=1e-15)
+    # All the uncertainty that remains is aleatoric, and it is small.
+    assert u.predictive_entropy[0] == pytest.approx(u.expected_entropy[0], abs=1e-12)
+    assert u.predictive_entropy[0] < 1e-3
+    assert u.probabilities.argmax() == 0
+
+
+def test_two_confident_heads_on_different_classes_disagree_completely() -> None:
+    u = ensemble_uncertainty(np.array([[[50.0, 0.0], [0.0, 50.0]]]))
+    np.testing.assert_allclose(u.probabilities, [[0.5, 0.5]], atol=1e-12)
+    assert u.predictive_entropy[0] == pytest.approx(LOG2, abs=1e-12)
+    assert u.expected_entropy[0] == pytest.approx(0.0, abs=1e-15)
+    assert u.mutual_information[0] == pytest.approx(LOG2, abs=1e-12)
+    assert u.disagreement[0] == 1.0
+    # Each head is log 2 nats from the mean: KL(onehot || uniform) = log 2.
+    np.testing.assert_allclose(u.kl_to_mean, [[LOG2, LOG2]], atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, 3, 10])
+def test_uniform_heads_are_maximally_but_only_aleatorically_uncertain(k: int) -> None:
+    u = ensemble_uncertainty(np.zeros((4, 3, k)))
+    np.testing.assert_allclose(u.probabilities, 1.0 / k)
+    np.testing.assert_allclose(u.predictive_entropy, math.log(k), atol=1e-12)
+    np.testing.assert_allclose(u.expected_entropy, math.log(k), atol=1e-12)
+    np.testing.assert_allclose(u.mutual_information, 0.0, atol=1e-12)
+    np.testing.assert_allclose(u.variance, 0.0, atol=1e-15)
+
+
+def test_mean_kl_to_mean_equals_mutual_information() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(scale=3.0, size=(64, 4, 7))
+    u = ensemble_uncertainty(logits, temperature=1.3)
+    assert u.kl_to_mean.shape == (64, 4)
+    np.testing.assert_allclose(u.kl_to_mean.mean(axis=1), u.mutual_information, atol=1e-10)
+    # And the decomposition: total = aleatoric + epistemic, every part non-negative.
+    np.testing.assert_allclose(
+        u.predictive_entropy, u.expected_entropy + u.mutual_information, atol=1e-10
+    )
+    assert (u.mutual_information >= 0).all() and (u.kl_to_mean >= 0).all()
+    assert (u.predictive_entropy <= math.log(7) + 1e-12).all()
+
+
+def test_variance_by_hand() -> None:
+    # Heads [0.8, 0.2] and [0.4, 0.6]: each class's variance across the two heads is
+    # ((0.8 - 0.4) / 2)^2 = 0.04 (population variance), and so is the mean over classes.
+    u = ensemble_uncertainty(logits_of([0.8, 0.2], [0.4, 0.6]))
+    np.testing.assert_allclose(u.member_probabilities[0], [[0.8, 0.2], [0.4, 0.6]], atol=1e-12)
+    np.testing.assert_allclose(u.probabilities[0], [0.6, 0.4], atol=1e-12)
+    assert u.variance[0] == pytest.approx(0.04, abs=1e-12)
+    assert u.disagreement[0] == 1.0
+
+
+def test_disagreement_counts_ordered_pairs() -> None:
+    # Tops (0, 0, 1): of the 6 ordered pairs of distinct heads, 4 differ.
+    probs = np.array([[[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]])
+    assert disagreement(probs)[0] == pytest.approx(2 / 3)
+    u = ensemble_uncertainty(np.log(probs))
+    assert u.disagreement[0] == pytest.approx(2 / 3)
+    # Three different tops out of three heads: every pair differs.
+    assert disagreement(np.eye(3)[None])[0] == 1.0
+
+
+def test_temperature() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(scale=4.0, size=(8, 3, 5))
+    # A temperature divides the logits.
+    hot = ensemble_uncertainty(logits, temperature=2.5)
+    scaled = ensemble_uncertainty(logits / 2.5)
+    for name in MEASURES:
+        np.testing.assert_allclose(getattr(hot, name), getattr(scaled, name), atol=1e-12)
+    # A very high temperature flattens every head to uniform.
+    flat = ensemble_uncertainty(logits, temperature=1e9)
+    np.testing.assert_allclose(flat.member_probabilities, 0.2, atol=1e-8)
+    np.testing.assert_allclose(flat.predictive_entropy, math.log(5), atol=1e-8)
+    np.testing.assert_allclose(flat.mutual_information, 0.0, atol=1e-8)
+    # A low one sharpens: the mean entropy goes down.
+    sharp = ensemble_uncertainty(logits, temperature=0.5)
+    assert sharp.expected_entropy.mean() < ensemble_uncertainty(logits).expected_entropy.mean()
+
+
+def test_extreme_logits_stay_finite() -> None:
+    u = ensemble_uncertainty(np.array([[[1e4, -1e4, 0.0], [-1e4, 1e4, 0.0]]], dtype=np.float32))
+    for name in MEASURES:
+        assert np.isfinite(getattr(u, name)).all(), name
+    assert u.mutual_information[0] == pytest.approx(LOG2, abs=1e-9)
+    np.testing.assert_allclose(softmax(np.array([1e4, 0.0])), [1.0, 0.0])
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 3), (1, 2, 3, 4)])
+def test_bad_shape_raises(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"\[batch, M, K\]"):
+        ensemble_uncertainty(np.zeros(shape))
+
+
+def test_a_single_head_works() -> None:
+    logits = np.random.default_rng(2).normal(size=(5, 1, 4))
+    u = ensemble_uncertainty(logits)
+    np.testing.assert_allclose(u.mutual_information, 0.0, atol=1e-12)
+    np.testing.assert_allclose(u.disagreement, 0.0)
+    np.testing.assert_allclose(u.variance, 0.0)
+    np.testing.assert_allclose(u.kl_to_mean, 0.0, atol=1e-12)
+    np.testing.assert_allclose(u.predictive_entropy, u.expected_entropy, atol=1e-12)
+    np.testing.assert_allclose(u.probabilities, softmax(logits[:, 0]), atol=1e-12)
+
+
+def test_shapes_and_measures() -> None:
+    u = ensemble_uncertainty(np.zeros((6, 3, 10), dtype=np.float32))
+    assert u.probabilities.shape == (6, 10)
+    assert u.member_probabilities.shape == (6, 3, 10)
+    assert u.kl_to_mean.shape == (6, 3)
+    measures = u.measures()
+    assert tuple(measures) == MEASURES
+    assert all(v.shape == (6,) for v in measures.values())
+    np.testing.assert_allclose(u.probabilities.sum(axis=1), 1.0)
