@@ -160,8 +160,9 @@ def results(args: argparse.Namespace) -> None:
     eval_flags = ("--corruption-limit", str(args.corruption_limit), "--ood-count", "1000")
     epochs = ("--epochs", str(args.epochs))
     # Seeds outer: an interrupted run still has every variant, with fewer seeds.
+    variants = [v for v in VARIANTS if not args.variants or v.name in args.variants]
     for seed in args.seeds:
-        for variant in VARIANTS:
+        for variant in variants:
             flags = (*variant.flags, *epochs, "--seed", str(seed), *_threads(args))
             train_and_evaluate(root / f"{variant.name}-s{seed}", args.data_dir, flags, eval_flags)
     # Deep ensembles of 3: consecutive triples of the deterministic seeds.
@@ -352,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "results":
             p.add_argument("--data-dir", required=True)
             p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+            p.add_argument(
+                "--variants", nargs="+", choices=[v.name for v in VARIANTS], help="default: all"
+            )
             p.add_argument("--epochs", type=int, default=3)
             p.add_argument("--corruption-limit", type=int, default=2000)
         p.add_argument("--output", default=str(ROOT / "docs" / "results.md"))
