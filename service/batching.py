@@ -20,6 +20,11 @@ import numpy as np
 
 from service.errors import Timeout, TooManyRequests, Unavailable
 
+_TIMEOUT = (
+    "no answer within the request timeout (MIMO_REQUEST_TIMEOUT_S); the server is overloaded: "
+    "retry later or send fewer images"
+)
+
 
 @dataclass(eq=False)
 class Pending:
@@ -77,7 +82,12 @@ class DynamicBatcher:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def submit(self, images: list[np.ndarray], timeout_s: float) -> list[np.ndarray]:
-        """Logits [M, K] for each image, in order; 429 at once when the queue is full."""
+        """Logits [M, K] for each image, in order; 429 at once when the queue is full.
+
+        `timeout_s` is what is left of the request's time budget.
+        """
+        if timeout_s <= 0:
+            raise Timeout(_TIMEOUT)
         if self._closing:
             raise Unavailable("the model is being unloaded; retry", {"Retry-After": "1"})
         if len(self.queue) + len(images) > self.max_queue:
@@ -97,10 +107,7 @@ class DynamicBatcher:
                 await asyncio.wait_for(asyncio.gather(*(i.future for i in items)), timeout_s)
             )
         except TimeoutError:
-            raise Timeout(
-                f"no answer within {timeout_s:g} s (MIMO_REQUEST_TIMEOUT_S); the server is "
-                "overloaded: retry later or send fewer images"
-            ) from None
+            raise Timeout(_TIMEOUT) from None
         finally:
             for item in items:  # the collector skips what nobody waits for any more
                 if not item.future.done():
@@ -132,24 +139,33 @@ class DynamicBatcher:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
             if not batch:
                 if self._closing:
                     return
                 continue
-            images = np.stack([item.image for item in batch])
-            started = time.perf_counter()
             try:
-                logits = await loop.run_in_executor(self.executor, self.infer, images)
-            except Exception:  # isolate the image that broke the batch
-                await self._one_by_one(batch)
-                continue
-            self.observer.on_batch(len(batch), time.perf_counter() - started)
-            for item, row in zip(batch, logits, strict=True):
-                if not item.future.done():
-                    item.future.set_result(row)
+                await self._answer(batch)
+            except Exception as exc:  # never let one batch stop the loop: later ones would hang
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+
+    async def _answer(self, batch: list[Pending]) -> None:
+        images = np.stack([item.image for item in batch])
+        started = time.perf_counter()
+        try:
+            logits = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.infer, images
+            )
+        except Exception:  # isolate the image that broke the batch
+            await self._one_by_one(batch)
+            return
+        self.observer.on_batch(len(batch), time.perf_counter() - started)
+        for item, row in zip(batch, logits, strict=True):
+            if not item.future.done():
+                item.future.set_result(row)
 
     async def _one_by_one(self, batch: list[Pending]) -> None:
         loop = asyncio.get_running_loop()

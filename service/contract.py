@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 FORMAT = "1"
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")  # a model's folder name in the repository
+VERSION_PATTERN = re.compile(r"[1-9][0-9]*")  # a version folder: a positive integer
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 REQUIRED_KEYS = (
@@ -176,3 +179,21 @@ def _check_tensor(
             f"{source}: {name!r} has shape {dims}, the metadata says {layout} = "
             f"[batch, {', '.join(map(str, fixed))}] with a dynamic batch axis"
         )
+
+
+class SessionLike(Protocol):
+    """The part of onnxruntime.InferenceSession the reader needs."""
+
+    def get_modelmeta(self) -> Any: ...
+    def get_inputs(self) -> Sequence[TensorInfo]: ...
+    def get_outputs(self) -> Sequence[TensorInfo]: ...
+
+
+def contract_of(session: SessionLike, source: str) -> ModelContract:
+    """The contract of a loaded ONNX Runtime session (raises ContractError naming `source`)."""
+    return parse_contract(
+        session.get_modelmeta().custom_metadata_map,
+        session.get_inputs(),
+        session.get_outputs(),
+        source,
+    )

@@ -35,10 +35,9 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
     if settings.api_key is None:
         return
     expected = settings.api_key.get_secret_value()
-    given = request.headers.get("x-api-key")
     auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
+    bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    given = bearer or request.headers.get("x-api-key", "").strip()
     if not given:
         raise Unauthorized(
             "missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",

@@ -11,7 +11,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service import metrics
 from service.api import health, models, predict, v2
 from service.errors import ServiceError
 from service.middleware import BodyLimit, HttpMetrics
@@ -32,14 +31,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.repository, settings.providers, settings.threads, settings.max_batch_size
         )
         report = registry.load_all()
-        for m in registry.models():
-            metrics.MODEL_INFO.labels(
-                m.name, str(m.version), str(m.contract.ensemble_size), m.provider
-            ).set(1)
         log.info("serving %s; refused %s", report.loaded, list(report.failed) or "none")
         app.state.registry = registry
         app.state.pool = BatcherPool(registry, settings)
-        app.state.ready = bool(report.loaded)
+        app.state.ready = True  # warmed up; /v2/health/ready also needs a model to serve
         try:
             yield
         finally:

@@ -92,7 +92,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         head, binary = body, b""
     try:
         request = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BadRequest(f"the inference request is not valid JSON: {exc}") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise BadRequest('expected {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,6 +37,17 @@ class BatcherPool:
         # One inference at a time per process: ONNX Runtime already uses every core it is given.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._batchers: dict[ServedModel, DynamicBatcher] = {}
+        self._published: set[ServedModel] = set()
+        self.publish()
+
+    def publish(self) -> None:
+        """mimo_model_info: 1 for each served version, 0 for those a reload or unload retired."""
+        served = set(self.registry.models())
+        for model in served | self._published:
+            metrics.MODEL_INFO.labels(
+                model.name, str(model.version), str(model.contract.ensemble_size), model.provider
+            ).set(1 if model in served else 0)
+        self._published = served
 
     def get(self, model: ServedModel) -> DynamicBatcher:
         batcher = self._batchers.get(model)
@@ -51,10 +63,19 @@ class BatcherPool:
             self._batchers[model] = batcher
         return batcher
 
-    async def infer(self, model: ServedModel, images: list[np.ndarray]) -> np.ndarray:
-        """logits [N, M, K] for a request's images, through the model's batching queue."""
+    async def infer(
+        self, model: ServedModel, images: list[np.ndarray], started: float | None = None
+    ) -> np.ndarray:
+        """logits [N, M, K] for a request's images, through the model's batching queue.
+
+        `started` (time.monotonic() when the request arrived) makes the timeout cover the
+        time already spent reading and decoding it.
+        """
+        budget = self.settings.request_timeout_s
+        if started is not None:
+            budget -= time.monotonic() - started
         batcher = self.get(model)
-        rows = await batcher.submit(images, self.settings.request_timeout_s)
+        rows = await batcher.submit(images, budget)
         if not batcher.queue and model not in self.registry.models():
             # This request picked the model just before a reload swapped it out: nothing else
             # queues on this batcher, so stop it rather than keep the old session alive.
@@ -65,6 +86,7 @@ class BatcherPool:
 
     async def retire_stale(self) -> None:
         """Drain and stop the batchers of models the registry no longer serves (after a swap)."""
+        self.publish()
         served = set(self.registry.models())
         stale = [m for m in self._batchers if m not in served]
         await asyncio.gather(*(self._batchers.pop(m).close() for m in stale))

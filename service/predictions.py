@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 
 from service import metrics
 from service.registry import ServedModel
 from service.schemas import ClassProbability, MemberPrediction, Prediction, Uncertainty
 from service.uncertainty import EnsembleUncertainty, ensemble_uncertainty
+
+
+@contextmanager
+def counted(model: ServedModel) -> Iterator[None]:
+    """Count an inference request by model and outcome (its 4xx/5xx status, or 200)."""
+    labels = (model.name, str(model.version))
+    try:
+        yield
+    except Exception as exc:
+        metrics.MODEL_REQUESTS.labels(*labels, str(getattr(exc, "status_code", 500))).inc()
+        raise
+    metrics.MODEL_REQUESTS.labels(*labels, "200").inc()
 
 
 def observe(model: ServedModel, u: EnsembleUncertainty) -> np.ndarray:

@@ -8,7 +8,6 @@ holding the old model finish on it, and a file that fails validation leaves the 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +15,17 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.contract import ContractError, ModelContract, parse_contract
-from service.errors import NotFound
+from service.contract import (
+    NAME_PATTERN,
+    VERSION_PATTERN,
+    ContractError,
+    ModelContract,
+    contract_of,
+)
+from service.errors import BadRequest, NotFound
 from service.runtime import ProviderError, create_session, provider_name
 
 log = logging.getLogger("mimo.registry")
-NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 @dataclass(eq=False)
@@ -52,12 +56,7 @@ def load_model(
     path: Path, name: str, version: int, providers: str, threads: int, warmup_batch: int
 ) -> ServedModel:
     session = create_session(str(path), providers, threads)
-    contract = parse_contract(
-        session.get_modelmeta().custom_metadata_map,
-        session.get_inputs(),
-        session.get_outputs(),
-        str(path),
-    )
+    contract = contract_of(session, str(path))
     model = ServedModel(name, version, path, session, contract, provider_name(session))
     zeros = np.zeros((1, *contract.input_shape), np.float32)
     for batch in {1, warmup_batch}:
@@ -82,13 +81,15 @@ class ModelRegistry:
         return {
             int(v.name): v / "model.onnx"
             for v in folder.iterdir()
-            if v.is_dir() and v.name.isdigit() and int(v.name) > 0 and (v / "model.onnx").is_file()
+            if v.is_dir() and VERSION_PATTERN.fullmatch(v.name) and (v / "model.onnx").is_file()
         }
 
     def names_on_disk(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME.fullmatch(p.name))
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and NAME_PATTERN.fullmatch(p.name)
+        )
 
     def _build(self, name: str) -> tuple[dict[int, ServedModel], dict[str, str]]:
         built: dict[int, ServedModel] = {}
@@ -119,8 +120,8 @@ class ModelRegistry:
 
         With `replace_failed` (start-up), the versions that did load are served anyway.
         """
-        if not NAME.fullmatch(name):
-            raise NotFound(f"model name {name!r} must match {NAME.pattern}")
+        if not NAME_PATTERN.fullmatch(name):
+            raise BadRequest(f"model name {name!r} must match {NAME_PATTERN.pattern}")
         with self._lock:
             if not self._versions_on_disk(name):
                 raise NotFound(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Providers = Literal["auto", "cpu", "cuda", "tensorrt"]
@@ -35,3 +35,9 @@ class Settings(BaseSettings):
         None, description="prometheus multiprocess directory (set when workers > 1)"
     )
     log_level: str = "info"
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        # MIMO_API_KEY= (set but empty) means no key, not "refuse every request".
+        return None if value == "" else value

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
-from service.contract import parse_contract
+from service.contract import contract_of
 from service.uncertainty import ensemble_uncertainty
 from training import metrics
 from training.corruptions import CORRUPTIONS, corrupt
@@ -213,8 +213,22 @@ def load_checkpoints(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]],
     from training.export import to_onnx_bytes
 
     checkpoints = [load_checkpoint(p) for p in paths]
+    splits = {_split_of(c) for c in checkpoints}
+    if len(splits) > 1:
+        raise ValueError(
+            f"the checkpoints hold out different validation splits {sorted(splits)}: an "
+            "ensemble would be calibrated on data some members trained on; train them with "
+            "the same --val-seed"
+        )
     graphs = [to_onnx_bytes(model_from_checkpoint(c)) for c in checkpoints]
     return checkpoints, OnnxPredictor.from_bytes(graphs)
+
+
+def _split_of(checkpoint: dict[str, Any]) -> tuple[str, int, int]:
+    from training.checkpoint import config_from_dict
+
+    config = config_from_dict(checkpoint["config"])
+    return config.dataset, config.val_size, config.split_seed
 
 
 def validation_split(checkpoint: dict[str, Any]) -> ImageDataset:
@@ -260,12 +274,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.onnx:
         predictor = OnnxPredictor.from_bytes([str(Path(args.onnx))])
         session = predictor.sessions[0]
-        contract = parse_contract(
-            session.get_modelmeta().custom_metadata_map,
-            session.get_inputs(),
-            session.get_outputs(),
-            args.onnx,
-        )
+        contract = contract_of(session, args.onnx)
         dataset = args.dataset or contract.training.get("dataset")
         calibration = {"temperature": contract.temperature, "thresholds": contract.thresholds}
         describe: dict[str, Any] = {"onnx": args.onnx, "training": contract.training}

@@ -163,7 +163,10 @@ def results(args: argparse.Namespace) -> None:
     variants = [v for v in VARIANTS if not args.variants or v.name in args.variants]
     for seed in args.seeds:
         for variant in variants:
-            flags = (*variant.flags, *epochs, "--seed", str(seed), *_threads(args))
+            # One validation split for every run, so a deep ensemble of them is calibrated on
+            # data none of its members trained on.
+            flags = (*variant.flags, *epochs, "--seed", str(seed), "--val-seed", "0")
+            flags += _threads(args)
             train_and_evaluate(root / f"{variant.name}-s{seed}", args.data_dir, flags, eval_flags)
     # Deep ensembles of 3: consecutive triples of the deterministic seeds.
     det = [root / f"det-s{s}" / "model.pt" for s in args.seeds]

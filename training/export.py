@@ -10,7 +10,6 @@ import argparse
 import io
 import json
 import os
-import re
 import subprocess
 import tempfile
 import warnings
@@ -22,13 +21,12 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from service.contract import ModelContract, parse_contract
+from service.contract import NAME_PATTERN, ModelContract, contract_of
 from training.checkpoint import config_from_dict, load_checkpoint, model_from_checkpoint
 from training.models import MimoNetwork
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max abs difference of logits between ONNX Runtime and torch
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 class ExportError(RuntimeError):
@@ -134,12 +132,7 @@ def with_metadata(graph: bytes, contract: ModelContract) -> bytes:
 def check_parity(model: MimoNetwork, data: bytes, source: str) -> float:
     """Max abs logit difference between ONNX Runtime and torch; raises past the tolerance."""
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    contract = parse_contract(
-        session.get_modelmeta().custom_metadata_map,
-        session.get_inputs(),
-        session.get_outputs(),
-        source,
-    )
+    contract = contract_of(session, source)
     gen = torch.Generator().manual_seed(0)
     c, h, w = contract.input_shape
     worst = 0.0

@@ -19,6 +19,11 @@ def live() -> dict[str, bool]:
 def ready(request: Request) -> dict[str, bool]:
     if not getattr(request.app.state, "ready", False):
         raise Unavailable("not ready: models are loading and warming up")
+    if not request.app.state.registry.models():
+        raise Unavailable(
+            "not ready: no model is served (see GET /models for refused files); export one "
+            "into the repository and POST /v2/repository/models/<name>/load"
+        )
     return {"ready": True}
 
 

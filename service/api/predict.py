@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 
-from service import metrics
 from service.deps import ApiKey, PoolDep, RegistryDep, SettingsDep
 from service.errors import BadRequest, UnsupportedMediaType
-from service.predictions import predictions
+from service.predictions import counted, predictions
 from service.preprocess import ACCEPTED, preprocess
 from service.schemas import ErrorResponse, PredictResponse
 
@@ -55,14 +55,14 @@ async def read_images(request: Request, limit: int) -> list[tuple[str | None, by
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         # One over the limit, so that the check below names the setting to the client.
-        form = await request.form(max_files=limit + 1, max_fields=limit)
-        files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
-        if not files:
-            raise BadRequest(
-                f"multipart body without a `file` part: send each image as a part named "
-                f"`file` (fields found: {sorted(set(form.keys())) or 'none'})"
-            )
-        return [(f.filename, await f.read(), f.content_type) for f in files]
+        async with request.form(max_files=limit + 1, max_fields=limit) as form:
+            files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
+            if not files:
+                raise BadRequest(
+                    f"multipart body without a `file` part: send each image as a part named "
+                    f"`file` (fields found: {sorted(set(form.keys())) or 'none'})"
+                )
+            return [(f.filename, await f.read(), f.content_type) for f in files]
     if content_type.startswith("image/") or content_type == "application/octet-stream":
         return [(None, await request.body(), content_type)]
     raise UnsupportedMediaType(
@@ -91,30 +91,25 @@ async def predict(
     top_k: Annotated[int, Query(ge=1, le=1000, description="classes to list")] = 3,
     members: Annotated[bool, Query(description="include each head's prediction")] = True,
 ) -> PredictResponse:
+    started = time.monotonic()
     served = registry.get(model or settings.default_model, version)
-    try:
+    with counted(served):
         uploads = await read_images(request, settings.max_images_per_request)
         if len(uploads) > settings.max_images_per_request:
             raise BadRequest(
                 f"{len(uploads)} images in one request; the limit is "
                 f"{settings.max_images_per_request} (MIMO_MAX_IMAGES_PER_REQUEST)"
             )
-        loop = asyncio.get_running_loop()
         spec = served.contract.preprocess
         # Decoding is CPU work: keep it off the event loop.
-        images = await loop.run_in_executor(
+        images = await asyncio.get_running_loop().run_in_executor(
             None,
             lambda: [
                 preprocess(data, ctype, spec, settings.max_image_pixels)
                 for _, data, ctype in uploads
             ],
         )
-        logits = await pool.infer(served, images)
-    except Exception as exc:
-        status = getattr(exc, "status_code", 500)
-        metrics.MODEL_REQUESTS.labels(served.name, str(served.version), str(status)).inc()
-        raise
-    metrics.MODEL_REQUESTS.labels(served.name, str(served.version), "200").inc()
+        logits = await pool.infer(served, images, started)
     return PredictResponse(
         model=served.name,
         version=served.version,

@@ -7,15 +7,16 @@ answers the ensemble's probabilities, the heads' probabilities and every uncerta
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
-from service import metrics, oip
+from service import oip
 from service.deps import ApiKey, PoolDep, RegistryDep, SettingsDep
-from service.errors import BadRequest, NotFound
-from service.predictions import observe
+from service.errors import BadRequest, Conflict, NotFound
+from service.predictions import counted, observe
 from service.registry import ServedModel
 from service.uncertainty import MEASURES, ensemble_uncertainty
 
@@ -129,20 +130,16 @@ async def _infer(
     pool: PoolDep,
     settings: SettingsDep,
 ) -> Response:
+    started = time.monotonic()
     model = registry.get(name, _version(version))
-    labels = (model.name, str(model.version))
-    try:
+    with counted(model):
         parsed = oip.parse_request(await request.body(), request.headers.get(oip.HEADER))
         images = images_from(parsed, model, settings.max_images_per_request)
         known = [spec["name"] for spec in output_specs(model)]
         unknown = [o for o in parsed.outputs or () if o not in known]
         if unknown:  # before the forward pass: a refused request records no prediction
             raise BadRequest(f"unknown outputs {unknown}; this model has {sorted(known)}")
-        logits = await pool.infer(model, images)
-    except Exception as exc:
-        metrics.MODEL_REQUESTS.labels(*labels, str(getattr(exc, "status_code", 500))).inc()
-        raise
-    metrics.MODEL_REQUESTS.labels(*labels, "200").inc()
+        logits = await pool.infer(model, images, started)
     u = ensemble_uncertainty(logits, model.contract.temperature)
     flags = observe(model, u)
     tensors = {
@@ -204,23 +201,28 @@ def repository_index(registry: RegistryDep) -> list[dict[str, Any]]:
     return rows
 
 
-@router.post("/repository/models/{name}/load", dependencies=[ApiKey])
+def single_process(settings: SettingsDep) -> None:
+    """Each worker process holds its own registry: a load or unload would reach only one."""
+    if settings.workers > 1:
+        raise Conflict(
+            f"repository control is per process and MIMO_WORKERS={settings.workers}: restart "
+            "the service to load new versions, or run one worker per container and scale "
+            "containers"
+        )
+
+
+@router.post("/repository/models/{name}/load", dependencies=[ApiKey, Depends(single_process)])
 async def load_model(name: str, registry: RegistryDep, pool: PoolDep) -> dict[str, Any]:
     report = await asyncio.get_running_loop().run_in_executor(None, registry.load, name)
     if report.failed:
         raise BadRequest(
             "load failed, the previous version keeps serving: " + "; ".join(report.failed.values())
         )
-    for m in registry.models():
-        if m.name == name:
-            metrics.MODEL_INFO.labels(
-                m.name, str(m.version), str(m.contract.ensemble_size), m.provider
-            ).set(1)
     await pool.retire_stale()
     return {"name": name, "loaded": report.loaded}
 
 
-@router.post("/repository/models/{name}/unload", dependencies=[ApiKey])
+@router.post("/repository/models/{name}/unload", dependencies=[ApiKey, Depends(single_process)])
 async def unload_model(name: str, registry: RegistryDep, pool: PoolDep) -> dict[str, Any]:
     registry.unload(name)
     await pool.retire_stale()

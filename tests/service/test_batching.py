@@ -250,3 +250,27 @@ def test_close_answers_everything_queued_then_refuses() -> None:
 
     run(main)
     assert all(len(b) <= 2 for b in model.batches)
+
+
+def test_a_batch_that_breaks_outside_inference_does_not_stop_the_loop() -> None:
+    calls = []
+
+    def wrong_rows(images: np.ndarray) -> np.ndarray:
+        calls.append(len(images))
+        # The first call answers one row too few: pairing rows with callers fails after infer.
+        rows = images.reshape(len(images), -1).sum(axis=1, keepdims=True)
+        return rows[:-1] if len(calls) == 1 else rows
+
+    async def scenario(executor: ThreadPoolExecutor) -> None:
+        batcher = DynamicBatcher(wrong_rows, executor, 4, 0.05, 16)
+        image = np.ones((1, 2, 2), np.float32)
+        first = await asyncio.gather(
+            batcher.submit([image], 2.0), batcher.submit([image], 2.0), return_exceptions=True
+        )
+        # zip(strict=True) answers the first caller before it finds the missing row.
+        assert isinstance(first[1], ValueError), first
+        again = await batcher.submit([image * 2], 2.0)
+        assert float(again[0][0]) == 8.0
+        await batcher.close()
+
+    run(scenario)

@@ -332,3 +332,8 @@ def test_request_round_trip_through_the_response_encoder() -> None:
 def test_datatype_of_unknown_dtype() -> None:
     with pytest.raises(ValueError, match="complex"):
         oip.datatype_of(np.zeros(2, np.complex64))
+
+
+def test_deeply_nested_json_is_a_client_error() -> None:
+    with pytest.raises(BadRequest, match="not valid JSON"):
+        oip.parse_request(b"[" * 100_000, None)

@@ -176,3 +176,53 @@ def test_unload_then_load_again(repository_copy: Path) -> None:
             assert (await predict(client)).status_code == 200
 
     asyncio.run(scenario())
+
+
+def test_readiness_follows_what_is_served_and_model_info_drops_retired(
+    repository_copy: Path,
+) -> None:
+    async def scenario() -> None:
+        async with serving(repository_copy) as client:
+            assert (await client.get("/v2/health/ready")).status_code == 200
+            assert (
+                'mimo_model_info{ensemble_size="3",model="digits",provider="cpu",version="1"} 1.0'
+                in (await client.get("/metrics")).text
+            )
+            assert (await client.post("/v2/repository/models/digits/unload")).status_code == 200
+            unready = await client.get("/v2/health/ready")
+            assert unready.status_code == 503 and "no model is served" in unready.json()["error"]
+            assert (
+                'model="digits",provider="cpu",version="1"} 0.0'
+                in (await client.get("/metrics")).text
+            )
+            assert (await client.post("/v2/repository/models/digits/load")).status_code == 200
+            assert (await client.get("/v2/health/ready")).status_code == 200
+
+    asyncio.run(scenario())
+
+
+def test_repository_control_is_refused_with_several_workers(repository_copy: Path) -> None:
+    async def scenario() -> None:
+        async with serving(repository_copy, workers=2) as client:
+            refused = await client.post("/v2/repository/models/digits/load")
+            assert refused.status_code == 409
+            assert "MIMO_WORKERS=2" in refused.json()["error"]
+            assert (await client.post("/v2/repository/models/digits/unload")).status_code == 409
+            assert (await predict(client)).status_code == 200
+
+    asyncio.run(scenario())
+
+
+def test_bad_model_name_and_odd_version_folders(repository_copy: Path) -> None:
+    add_version(repository_copy, 2)
+    (repository_copy / "digits" / "2").rename(repository_copy / "digits" / "02")
+
+    async def scenario() -> None:
+        async with serving(repository_copy) as client:
+            # "02" is not a version folder: only version 1 is served.
+            listed = (await client.get("/models")).json()["models"]
+            assert [m["version"] for m in listed] == [1]
+            bad = await client.post("/v2/repository/models/Bad%20Name/load")
+            assert bad.status_code == 400 and "must match" in bad.json()["error"]
+
+    asyncio.run(scenario())

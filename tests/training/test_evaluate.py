@@ -93,6 +93,7 @@ def member_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
             "epochs": 3,
             "lr": 1e-2,
             "seed": seed,
+            "val_seed": 0,  # one held-out split for the whole ensemble
             "threads": 1,
             "out_dir": str(out),
         }
@@ -342,3 +343,18 @@ def test_cli_evaluates_imagefolder_models_at_their_own_size(tmp_path: Path) -> N
     assert main([*command, *limits]) == 0
     from_onnx = json.loads((out / "metrics.json").read_text())
     assert from_onnx["clean"]["accuracy"] == evaluated["clean"]["accuracy"]
+
+
+def test_members_with_different_validation_splits_are_refused(
+    digits_checkpoint: Path, tmp_path: Path
+) -> None:
+    from training.train import train
+
+    other = train(
+        with_overrides(
+            PRESETS["digits"],
+            {"seed": 1, "epochs": 1, "threads": 1, "out_dir": str(tmp_path)},
+        )
+    )
+    with pytest.raises(ValueError, match="different validation splits"):
+        load_checkpoints([digits_checkpoint, other])
