@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+# The tests import their shared helpers from support.py beside this file (and the deployment
+# tests from tests/deploy/deploy_support.py, whose conftest adds that folder); with pytest's
+# --import-mode=importlib nothing else puts this folder on the path.
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="session")

@@ -16,23 +16,20 @@ import httpx
 import pytest
 import yaml
 
-# The tests import their helpers from deploy_support.py beside this file; with pytest's
-# --import-mode=importlib nothing else puts this folder on the path.
+# The tests import their helpers from deploy_support.py beside this file (tests/conftest.py
+# puts only tests/ itself on the path, for support.py); with pytest's --import-mode=importlib
+# nothing else puts this folder on the path.
 sys.path.insert(0, str(Path(__file__).parent))
 
 from deploy_support import (
     PROMETHEUS_DIR,
     ROOT,
     Observed,
-    Process,
-    free_port,
     prometheus_query,
     prometheus_test_config,
     send_traffic,
-    service_env,
-    start_service,
-    wait_for,
 )
+from support import SERVICE, Process, free_port, service_env, start_service, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +49,7 @@ def observed(
     folder = tmp_path_factory.mktemp("observed")
     port = free_port()
     service = start_service(
-        [sys.executable, "-m", "service"],
+        SERVICE,
         service_env(deploy_repository, port),
         ROOT,
         folder / "service.log",

@@ -1,13 +1,9 @@
-"""Helpers of the deployment tests: processes, polling, images, the Prometheus test config."""
+"""Helpers of the deployment tests: images, traffic, the Prometheus test config. Those that run
+processes (free ports, polling, the service) are in tests/support.py."""
 
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,93 +12,14 @@ import httpx
 import numpy as np
 import yaml
 from PIL import Image
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 PROMETHEUS_DIR = DOCKER / "prometheus"
 DASHBOARD = DOCKER / "grafana" / "dashboards" / "mimo-serve.json"
 NO_PROMETHEUS = "Prometheus is not installed (apt-get install prometheus; .ci/run does)"
 DIGITS = 20
 NOISE = 5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.25) -> Any:
-    """Poll `check` until it returns something truthy; its last exception explains a timeout."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except (httpx.HTTPError, OSError, AssertionError, KeyError, ValueError) as exc:
-            last = exc
-        time.sleep(every)
-    raise TimeoutError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
-
-
-class Process:
-    """A subprocess whose output goes to a file, stopped (and reaped) by `stop`."""
-
-    def __init__(self, args: list[str], log: Path, **kwargs: Any) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, **kwargs)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def alive(self) -> bool:
-        if self.popen.poll() is not None:
-            raise RuntimeError(f"exited with {self.popen.returncode}:\n{self.output()}")
-        return True
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=10)
-
-
-def service_env(repository: Path, port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MIMO_", "PROMETHEUS_"))}
-    env.update(
-        MIMO_REPOSITORY=str(repository),
-        MIMO_DEFAULT_MODEL="digits",
-        MIMO_HOST="127.0.0.1",
-        MIMO_PORT=str(port),
-        MIMO_THREADS="1",  # modest: the machine is shared
-        MIMO_LOG_LEVEL="warning",
-    )
-    env.update(extra)
-    return env
-
-
-def start_service(
-    command: list[str], env: dict[str, str], cwd: Path, log: Path, timeout: float = 90
-) -> Process:
-    """Start the service and wait for /v2/health/ready."""
-    process = Process(command, log, env=env, cwd=cwd)
-    url = f"http://127.0.0.1:{env['MIMO_PORT']}/v2/health/ready"
-    try:
-        wait_for(
-            "service ready",
-            lambda: process.alive() and httpx.get(url, timeout=2).status_code == 200,
-            timeout,
-        )
-    except BaseException:
-        process.stop()
-        raise
-    return process
 
 
 def png(pixels: np.ndarray) -> bytes:

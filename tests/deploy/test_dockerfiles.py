@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_support import DOCKER, ROOT, free_port, service_env, start_service
+from deploy_support import DOCKER, ROOT
+from support import free_port, service_env, start_service
 
 CPU = DOCKER / "Dockerfile"
 GPU = DOCKER / "Dockerfile.gpu"

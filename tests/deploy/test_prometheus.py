@@ -23,8 +23,8 @@ from deploy_support import (
     PROMETHEUS_DIR,
     Observed,
     prometheus_query,
-    wait_for,
 )
+from support import wait_for
 
 from service import metrics
 

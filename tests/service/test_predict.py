@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import signal
-import socket
 import struct
 import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -21,11 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from support import ROOT, SERVICE, Process, free_port, service_env, start_service
 
 from service.main import create_app
 from service.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
 MAX_BODY = 64 * 1024
 MAX_IMAGES = 25
 MEASURES = {
@@ -386,12 +383,6 @@ def test_readiness_before_and_after_loading(model_repository: Path) -> None:
 # --- a real server over a socket --------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, process: subprocess.Popen, url: str, log: Path) -> None:
         self.process = process
@@ -406,47 +397,18 @@ class Server:
 def start_server(
     model_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., Server]]:
-    started: list[subprocess.Popen] = []
+    started: list[Process] = []
 
     def start(**env: str) -> Server:
         port = free_port()
         log = tmp_path_factory.mktemp("server") / "server.log"
-        environ = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("MIMO_")},
-            "MIMO_REPOSITORY": str(model_repository),
-            "MIMO_DEFAULT_MODEL": "digits",
-            "MIMO_HOST": "127.0.0.1",
-            "MIMO_PORT": str(port),
-            "MIMO_THREADS": "1",
-            "MIMO_LOG_LEVEL": "warning",
-            **env,
-        }
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "service"], cwd=ROOT, env=environ, stdout=out, stderr=out
-            )
-        started.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    return Server(process, url, log)
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready in 60 s:\n{log.read_text()}")
+        service = start_service(SERVICE, service_env(model_repository, port, **env), ROOT, log)
+        started.append(service)
+        return Server(service.popen, f"http://127.0.0.1:{port}", log)
 
     yield start
-    for process in started:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    for service in started:
+        service.stop()
 
 
 @pytest.fixture(scope="module")

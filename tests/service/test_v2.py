@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +11,9 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from support import ROOT, SERVICE, free_port, service_env, start_service
 from tritonclient.utils import InferenceServerException
 
-ROOT = Path(__file__).resolve().parents[2]
 OUTPUTS = [
     "probabilities",
     "member_probabilities",
@@ -32,53 +27,16 @@ OUTPUTS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of `python -m service` serving the digits repository on a free port."""
     port = free_port()
     log = tmp_path_factory.mktemp("v2-server") / "server.log"
-    env = {
-        **os.environ,
-        "MIMO_REPOSITORY": str(model_repository),
-        "MIMO_DEFAULT_MODEL": "digits",
-        "MIMO_HOST": "127.0.0.1",
-        "MIMO_PORT": str(port),
-        "MIMO_THREADS": "1",
-        "MIMO_LOG_LEVEL": "warning",
-    }
-    env.pop("MIMO_API_KEY", None)
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=out, stderr=out
-        )
+    service = start_service(SERVICE, service_env(model_repository, port), ROOT, log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server was not ready within 60 s:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        service.stop()
 
 
 @pytest.fixture(scope="module")

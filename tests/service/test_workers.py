@@ -7,9 +7,7 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,18 +18,12 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from PIL import Image
+from support import ROOT, SERVICE, Process, free_port, service_env, wait_ready
 
-ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 120  # for the whole module: start-up, traffic and scrapes
 PID_FILE = re.compile(r"_(\d+)\.db$")
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker_pids(folder: Path) -> set[int]:
@@ -64,51 +56,22 @@ def two_workers(
     metrics_dir = tmp / "prometheus"
     log = tmp / "server.log"
     port = free_port()
-    env = {
-        **os.environ,
-        "MIMO_REPOSITORY": str(model_repository),
-        "MIMO_DEFAULT_MODEL": "digits",
-        "MIMO_HOST": "127.0.0.1",
-        "MIMO_PORT": str(port),
-        "MIMO_WORKERS": "2",
-        "MIMO_THREADS": "1",
-        "MIMO_METRICS_DIR": str(metrics_dir),
-        "MIMO_LOG_LEVEL": "warning",
-    }
-    for name in ("MIMO_API_KEY", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
-        env.pop(name, None)
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=out, stderr=out
-        )
-    server = Server(f"http://127.0.0.1:{port}", process, metrics_dir, log)
+    env = service_env(model_repository, port, MIMO_WORKERS="2", MIMO_METRICS_DIR=str(metrics_dir))
+    process = Process(SERVICE, log, env=env, cwd=ROOT)
+    server = Server(f"http://127.0.0.1:{port}", process.popen, metrics_dir, log)
     children: set[int] = set()
+
+    def both_workers_started() -> bool:
+        # Ready once both workers finished their start-up (each has set mimo_model_info).
+        children.clear()
+        children.update(worker_pids(metrics_dir) if metrics_dir.is_dir() else ())
+        return len(children) == 2
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if server.process.poll() is not None:
-                pytest.fail(
-                    f"the server exited with {server.process.returncode}:\n{log.read_text()}"
-                )
-            try:
-                ready = httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code == 200
-            except httpx.TransportError:
-                ready = False
-            # Ready once both workers finished their start-up (each has set mimo_model_info).
-            children = worker_pids(metrics_dir) if metrics_dir.is_dir() else set()
-            if ready and len(children) == 2:
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"two workers not ready within 60 s ({children}):\n{log.read_text()}")
-            time.sleep(0.25)
+        wait_ready(process, port, check=both_workers_started, what="two workers ready")
         yield server
     finally:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+        process.stop()
         for pid in children:  # the workers go with their supervisor; make sure of it
             if parent_of(pid) == server.process.pid:
                 os.kill(pid, signal.SIGKILL)
