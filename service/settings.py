@@ -20,7 +20,9 @@ class Settings(BaseSettings):
     port: int = 8000
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
     max_batch_size: int = Field(32, ge=1, description="images per forward pass at most")
-    max_queue_delay_ms: float = Field(2.0, ge=0, description="wait for a fuller batch at most")
+    max_queue_delay_ms: float = Field(
+        0.0, ge=0, description="wait for a fuller batch at most (raise it for heavy models)"
+    )
     max_queue_size: int = Field(256, ge=1, description="queued images per model before 429")
     request_timeout_s: float = Field(10.0, gt=0, description="a request waits at most this")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
