@@ -57,6 +57,12 @@ BATCH_SIZE = Histogram("mimo_batch_size", "Images per forward pass", MODEL, buck
 QUEUE_DEPTH = Gauge(
     "mimo_queue_depth", "Images waiting in the batching queue", MODEL, multiprocess_mode="livesum"
 )
+QUEUE_CAPACITY = Gauge(
+    "mimo_queue_capacity",
+    "Images the batching queue holds before answering 429 (MIMO_MAX_QUEUE_SIZE)",
+    MODEL,
+    multiprocess_mode="livesum",
+)
 IN_FLIGHT = Gauge(
     "mimo_requests_in_flight", "HTTP requests being served", multiprocess_mode="livesum"
 )

@@ -41,12 +41,15 @@ class BatcherPool:
         self.publish()
 
     def publish(self) -> None:
-        """mimo_model_info: 1 for each served version, 0 for those a reload or unload retired."""
+        """mimo_model_info and mimo_queue_capacity of each served version; 0 once retired."""
         served = set(self.registry.models())
         for model in served | self._published:
             metrics.MODEL_INFO.labels(
                 model.name, str(model.version), str(model.contract.ensemble_size), model.provider
             ).set(1 if model in served else 0)
+            metrics.QUEUE_CAPACITY.labels(model.name, str(model.version)).set(
+                self.settings.max_queue_size if model in served else 0
+            )
         self._published = served
 
     def get(self, model: ServedModel) -> DynamicBatcher:
