@@ -51,6 +51,16 @@ def _tensor(spec: dict[str, Any], raw: bytes | None) -> tuple[str, np.ndarray]:
     shape = spec.get("shape")
     if not isinstance(name, str) or not isinstance(datatype, str) or not isinstance(shape, list):
         raise BadRequest("each input needs a string `name`, a `datatype` and a `shape` list")
+    if raw is None and "data" not in spec:
+        raise BadRequest(f"input {name!r} has neither `data` nor binary_data_size")
+    return datatype, tensor(name, datatype, shape, raw, spec.get("data"))
+
+
+def tensor(name: str, datatype: str, shape: list[Any], raw: bytes | None, data: Any) -> np.ndarray:
+    """An input tensor from its raw little-endian bytes, or else from its values (`data`).
+
+    Shared by the JSON, binary and gRPC encodings: the same checks, the same messages.
+    """
     if datatype not in DTYPES:
         raise BadRequest(f"input {name!r}: datatype {datatype} not supported; send FP32 or UINT8")
     if not all(isinstance(d, int) and d >= 0 for d in shape):
@@ -63,13 +73,11 @@ def _tensor(spec: dict[str, Any], raw: bytes | None) -> tuple[str, np.ndarray]:
                 f"input {name!r}: {len(raw)} binary bytes for shape {shape} of {datatype}, "
                 f"expected {count * dtype.itemsize}"
             )
-        return datatype, np.frombuffer(raw, dtype=dtype).reshape(shape)
-    if "data" not in spec:
-        raise BadRequest(f"input {name!r} has neither `data` nor binary_data_size")
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
     try:
-        array = np.asarray(spec["data"], dtype=np.float64 if dtype.kind == "f" else dtype)
+        array = np.asarray(data, dtype=np.float64 if dtype.kind == "f" else dtype)
         # numpy truncates 1.5 to 1 when casting to an integer type: refuse it instead.
-        if dtype.kind in "iu" and not np.array_equal(array, np.asarray(spec["data"], np.float64)):
+        if dtype.kind in "iu" and not np.array_equal(array, np.asarray(data, np.float64)):
             raise ValueError("values that are not integers")
     except (TypeError, ValueError, OverflowError) as exc:
         raise BadRequest(f"input {name!r}: data is not a {datatype} array ({exc})") from None
@@ -77,7 +85,7 @@ def _tensor(spec: dict[str, Any], raw: bytes | None) -> tuple[str, np.ndarray]:
         raise BadRequest(
             f"input {name!r}: {array.size} values for shape {shape} ({count} expected)"
         )
-    return datatype, array.reshape(shape).astype(dtype)
+    return array.reshape(shape).astype(dtype)
 
 
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:

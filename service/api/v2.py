@@ -1,7 +1,6 @@
 """The Open Inference Protocol (KServe v2) REST surface, plus Triton's repository extension.
 
-The OIP model takes the un-tiled images [batch, C, H, W] (FP32 in [0, 1], or UINT8) and
-answers the ensemble's probabilities, the heads' probabilities and every uncertainty measure.
+What the model takes and answers is service/oip_model.py's, shared with the gRPC server.
 """
 
 from __future__ import annotations
@@ -10,76 +9,29 @@ import asyncio
 import time
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
-from service import oip
+from service import oip, oip_model
 from service.deps import ApiKey, PoolDep, RegistryDep, SettingsDep
-from service.errors import BadRequest, Conflict, NotFound
-from service.predictions import counted, observe
-from service.registry import ServedModel
-from service.uncertainty import MEASURES, ensemble_uncertainty
+from service.errors import BadRequest, Conflict
+from service.predictions import counted
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
-SERVER = {
-    "name": "mimo-serve",
-    "version": "0.1.0",
-    "extensions": ["binary_tensor_data", "model_repository"],
-}
-
-
-def _version(version: str | None) -> int | None:
-    if version is None or version == "":
-        return None
-    if not version.isdigit() or int(version) < 1:
-        raise NotFound(f"model version must be a positive integer, got {version!r}")
-    return int(version)
-
-
-def output_specs(model: ServedModel) -> list[dict[str, Any]]:
-    m, k = model.contract.ensemble_size, model.contract.num_classes
-    return [
-        {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]},
-        {"name": "member_probabilities", "datatype": "FP32", "shape": [-1, m, k]},
-        *({"name": name, "datatype": "FP32", "shape": [-1]} for name in MEASURES),
-        {"name": "kl_to_mean", "datatype": "FP32", "shape": [-1, m]},
-        {"name": "uncertain", "datatype": "BOOL", "shape": [-1]},
-    ]
 
 
 @router.get("")
 def server_metadata() -> dict[str, Any]:
-    return SERVER
-
-
-def _metadata(registry: RegistryDep, name: str, version: str | None) -> dict[str, Any]:
-    model = registry.get(name, _version(version))
-    versions = sorted(m.version for m in registry.models() if m.name == name)
-    return {
-        "name": model.name,
-        "versions": [str(v) for v in versions],
-        "platform": "onnxruntime_onnx",
-        "inputs": [
-            {"name": "images", "datatype": "FP32", "shape": [-1, *model.contract.input_shape]}
-        ],
-        "outputs": output_specs(model),
-        "parameters": {
-            "ensemble_size": model.contract.ensemble_size,
-            "labels": list(model.contract.labels),
-            "provider": model.provider,
-            "thresholds": model.contract.thresholds,
-        },
-    }
+    return oip_model.SERVER
 
 
 @router.get("/models/{name}", dependencies=[ApiKey])
 def model_metadata(name: str, registry: RegistryDep) -> dict[str, Any]:
-    return _metadata(registry, name, None)
+    return oip_model.metadata(registry, name, None)
 
 
 @router.get("/models/{name}/versions/{version}", dependencies=[ApiKey])
 def model_version_metadata(name: str, version: str, registry: RegistryDep) -> dict[str, Any]:
-    return _metadata(registry, name, version)
+    return oip_model.metadata(registry, name, version)
 
 
 @router.get("/models/{name}/ready")
@@ -90,36 +42,8 @@ def model_ready(name: str, registry: RegistryDep) -> dict[str, Any]:
 
 @router.get("/models/{name}/versions/{version}/ready")
 def model_version_ready(name: str, version: str, registry: RegistryDep) -> dict[str, Any]:
-    model = registry.get(name, _version(version))
+    model = registry.get(name, oip_model.parse_version(version))
     return {"name": model.name, "version": str(model.version), "ready": True}
-
-
-def images_from(request: oip.InferRequest, model: ServedModel, limit: int) -> list[np.ndarray]:
-    """The `images` input as float32 [C, H, W] arrays, checked against the model."""
-    if "images" not in request.inputs or len(request.inputs) != 1:
-        raise BadRequest(
-            f"expected one input named 'images', got {sorted(request.inputs) or 'none'}"
-        )
-    datatype, array = request.inputs["images"]
-    shape = list(model.contract.input_shape)
-    if array.ndim != 4 or list(array.shape[1:]) != shape:
-        raise BadRequest(f"input 'images' has shape {list(array.shape)}; expected [batch, {shape}]")
-    if len(array) == 0 or len(array) > limit:
-        raise BadRequest(f"batch of {len(array)} images; send 1 to {limit}")
-    if datatype == "UINT8":
-        x = array.astype(np.float32) / 255.0
-    elif datatype == "FP32":
-        x = array.astype(np.float32, copy=False)
-        if not np.isfinite(x).all():
-            raise BadRequest("input 'images' contains NaN or infinity; send pixels in [0, 1]")
-        if x.min() < 0.0 or x.max() > 1.0:
-            raise BadRequest(
-                f"input 'images' has values in [{x.min():g}, {x.max():g}]; send FP32 pixels "
-                "scaled to [0, 1] or UINT8 pixels"
-            )
-    else:
-        raise BadRequest(f"input 'images' datatype {datatype}: send FP32 in [0, 1] or UINT8")
-    return list(x)
 
 
 async def _infer(
@@ -131,27 +55,12 @@ async def _infer(
     settings: SettingsDep,
 ) -> Response:
     started = time.monotonic()
-    model = registry.get(name, _version(version))
+    model = registry.get(name, oip_model.parse_version(version))
     with counted(model):
         parsed = oip.parse_request(await request.body(), request.headers.get(oip.HEADER))
-        images = images_from(parsed, model, settings.max_images_per_request)
-        known = [spec["name"] for spec in output_specs(model)]
-        unknown = [o for o in parsed.outputs or () if o not in known]
-        if unknown:  # before the forward pass: a refused request records no prediction
-            raise BadRequest(f"unknown outputs {unknown}; this model has {sorted(known)}")
-        logits = await pool.infer(model, images, started)
-    u = ensemble_uncertainty(logits, model.contract.temperature)
-    flags = observe(model, u)
-    tensors = {
-        "probabilities": u.probabilities,
-        "member_probabilities": u.member_probabilities,
-        **u.measures(),
-        "kl_to_mean": u.kl_to_mean,
-    }
-    tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
-    tensors["uncertain"] = np.asarray(flags, dtype=np.bool_)
-    if parsed.outputs is not None:
-        tensors = {k: tensors[k] for k in parsed.outputs}
+        tensors = await oip_model.infer(
+            model, pool, parsed.inputs, parsed.outputs, settings.max_images_per_request, started
+        )
     binary = (
         parsed.binary_outputs
         if parsed.outputs is not None

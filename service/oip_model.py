@@ -1,0 +1,124 @@
+"""The Open Inference Protocol model, whatever carries it (REST in service/api/v2.py, gRPC in
+service/oip_grpc/server.py): its metadata, the checks of its input and the tensors it answers.
+
+The OIP model takes the un-tiled images [batch, C, H, W] (FP32 in [0, 1], or UINT8) and
+answers the ensemble's probabilities, the heads' probabilities and every uncertainty measure.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from service.errors import BadRequest, NotFound
+from service.pool import BatcherPool
+from service.predictions import observe
+from service.registry import ModelRegistry, ServedModel
+from service.uncertainty import MEASURES, ensemble_uncertainty
+
+SERVER = {
+    "name": "mimo-serve",
+    "version": "0.1.0",
+    "extensions": ["binary_tensor_data", "model_repository"],
+}
+PLATFORM = "onnxruntime_onnx"
+INPUT = "images"
+
+
+def parse_version(version: str | None) -> int | None:
+    """The protocol's version string: empty or absent means the highest served."""
+    if version is None or version == "":
+        return None
+    if not version.isdigit() or int(version) < 1:
+        raise NotFound(f"model version must be a positive integer, got {version!r}")
+    return int(version)
+
+
+def output_specs(model: ServedModel) -> list[dict[str, Any]]:
+    m, k = model.contract.ensemble_size, model.contract.num_classes
+    return [
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]},
+        {"name": "member_probabilities", "datatype": "FP32", "shape": [-1, m, k]},
+        *({"name": name, "datatype": "FP32", "shape": [-1]} for name in MEASURES),
+        {"name": "kl_to_mean", "datatype": "FP32", "shape": [-1, m]},
+        {"name": "uncertain", "datatype": "BOOL", "shape": [-1]},
+    ]
+
+
+def metadata(registry: ModelRegistry, name: str, version: str | None) -> dict[str, Any]:
+    model = registry.get(name, parse_version(version))
+    versions = sorted(m.version for m in registry.models() if m.name == name)
+    return {
+        "name": model.name,
+        "versions": [str(v) for v in versions],
+        "platform": PLATFORM,
+        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, *model.contract.input_shape]}],
+        "outputs": output_specs(model),
+        "parameters": {
+            "ensemble_size": model.contract.ensemble_size,
+            "labels": list(model.contract.labels),
+            "provider": model.provider,
+            "thresholds": model.contract.thresholds,
+        },
+    }
+
+
+def images_from(
+    inputs: dict[str, tuple[str, np.ndarray]], model: ServedModel, limit: int
+) -> list[np.ndarray]:
+    """The `images` input as float32 [C, H, W] arrays, checked against the model."""
+    if INPUT not in inputs or len(inputs) != 1:
+        raise BadRequest(f"expected one input named 'images', got {sorted(inputs) or 'none'}")
+    datatype, array = inputs[INPUT]
+    shape = list(model.contract.input_shape)
+    if array.ndim != 4 or list(array.shape[1:]) != shape:
+        raise BadRequest(f"input 'images' has shape {list(array.shape)}; expected [batch, {shape}]")
+    if len(array) == 0 or len(array) > limit:
+        raise BadRequest(f"batch of {len(array)} images; send 1 to {limit}")
+    if datatype == "UINT8":
+        x = array.astype(np.float32) / 255.0
+    elif datatype == "FP32":
+        x = array.astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
+            raise BadRequest("input 'images' contains NaN or infinity; send pixels in [0, 1]")
+        if x.min() < 0.0 or x.max() > 1.0:
+            raise BadRequest(
+                f"input 'images' has values in [{x.min():g}, {x.max():g}]; send FP32 pixels "
+                "scaled to [0, 1] or UINT8 pixels"
+            )
+    else:
+        raise BadRequest(f"input 'images' datatype {datatype}: send FP32 in [0, 1] or UINT8")
+    return list(x)
+
+
+async def infer(
+    model: ServedModel,
+    pool: BatcherPool,
+    inputs: dict[str, tuple[str, np.ndarray]],
+    outputs: list[str] | None,
+    limit: int,
+    started: float | None = None,
+) -> dict[str, np.ndarray]:
+    """The requested output tensors (all when `outputs` is None), in the order asked for."""
+    started = time.monotonic() if started is None else started
+    images = images_from(inputs, model, limit)
+    known = [spec["name"] for spec in output_specs(model)]
+    unknown = [o for o in outputs or () if o not in known]
+    if unknown:  # before the forward pass: a refused request records no prediction
+        raise BadRequest(f"unknown outputs {unknown}; this model has {sorted(known)}")
+    logits = await pool.infer(model, images, started)
+    u = ensemble_uncertainty(logits, model.contract.temperature)
+    flags = observe(model, u)
+    tensors = {
+        "probabilities": u.probabilities,
+        "member_probabilities": u.member_probabilities,
+        **u.measures(),
+        "kl_to_mean": u.kl_to_mean,
+    }
+    tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+    tensors["uncertain"] = np.asarray(flags, dtype=np.bool_)
+    if outputs is not None:
+        tensors = {k: tensors[k] for k in outputs}
+    return tensors
