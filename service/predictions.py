@@ -46,8 +46,13 @@ def predictions(
     top_k: int,
     include_members: bool,
     filenames: list[str | None],
+    include_member_probabilities: bool = False,
 ) -> list[Prediction]:
-    """logits [N, M, K] -> one Prediction per image."""
+    """logits [N, M, K] -> one Prediction per image.
+
+    `member_probabilities` is only set when asked for, so that it stays out of the JSON
+    answer otherwise (the route serialises with `exclude_unset`).
+    """
     names = model.contract.labels
     threshold = model.contract.thresholds["mutual_information"]
     u = ensemble_uncertainty(logits, model.contract.temperature)
@@ -69,6 +74,9 @@ def predictions(
                 for m, pm in enumerate(u.member_probabilities[i])
                 for j in [int(pm.argmax())]
             ]
+        extra = {}
+        if include_member_probabilities:
+            extra["member_probabilities"] = u.member_probabilities[i].tolist()
         out.append(
             Prediction(
                 filename=filename,
@@ -83,6 +91,7 @@ def predictions(
                 uncertain=bool(flags[i]),
                 threshold=threshold,
                 members=members,
+                **extra,
             )
         )
     return out

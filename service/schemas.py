@@ -33,6 +33,11 @@ class Prediction(BaseModel):
     uncertain: bool = Field(description="mutual information above the model's threshold")
     threshold: float = Field(description="the model's mutual-information threshold")
     members: list[MemberPrediction] | None = None
+    member_probabilities: list[list[float]] | None = Field(
+        None,
+        description="each head's probabilities over all classes, [M][K] in label order; "
+        "only with `member_probabilities=true` (absent otherwise)",
+    )
 
 
 class PredictResponse(BaseModel):

@@ -78,6 +78,8 @@ async def read_images(request: Request, limit: int) -> list[tuple[str | None, by
     openapi_extra=REQUEST_BODY,
     dependencies=[ApiKey],
     summary="Classify images with one forward pass and ensemble uncertainty",
+    # Optional fields left unset (member_probabilities unless asked for) stay out of the answer.
+    response_model_exclude_unset=True,
 )
 async def predict(
     request: Request,
@@ -90,6 +92,9 @@ async def predict(
     version: Annotated[int | None, Query(ge=1, description="version (default: highest)")] = None,
     top_k: Annotated[int, Query(ge=1, le=1000, description="classes to list")] = 3,
     members: Annotated[bool, Query(description="include each head's prediction")] = True,
+    member_probabilities: Annotated[
+        bool, Query(description="include each head's probabilities over all classes")
+    ] = False,
 ) -> PredictResponse:
     started = time.monotonic()
     served = registry.get(model or settings.default_model, version)
@@ -114,5 +119,7 @@ async def predict(
         model=served.name,
         version=served.version,
         ensemble_size=served.contract.ensemble_size,
-        predictions=predictions(served, logits, top_k, members, [u[0] for u in uploads]),
+        predictions=predictions(
+            served, logits, top_k, members, [u[0] for u in uploads], member_probabilities
+        ),
     )

@@ -134,6 +134,64 @@ def test_members_can_be_left_out(client: TestClient) -> None:
     assert response.json()["predictions"][0]["members"] is None
 
 
+def test_member_probabilities_only_when_asked(client: TestClient) -> None:
+    default = post_png(client, png()).json()["predictions"][0]
+    assert "member_probabilities" not in default  # the answer is unchanged without the flag
+    assert set(default) == {
+        "filename",
+        "label",
+        "index",
+        "probability",
+        "top_k",
+        "uncertainty",
+        "uncertain",
+        "threshold",
+        "members",
+    }
+    no = post_png(client, png(), member_probabilities="false").json()["predictions"][0]
+    assert "member_probabilities" not in no
+
+
+def test_member_probabilities_are_each_heads_distribution(client: TestClient) -> None:
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    response = client.post(
+        "/predict",
+        files=[
+            ("file", ("one.png", png(), "image/png")),
+            ("file", ("n.png", png(noise), "image/png")),
+        ],
+        params={"member_probabilities": "true", "top_k": 10},
+    )
+    assert response.status_code == 200, response.text
+    for p in response.json()["predictions"]:
+        heads = np.array(p["member_probabilities"])
+        assert heads.shape == (3, 10)
+        assert np.all(heads >= 0) and np.allclose(heads.sum(axis=1), 1.0, atol=1e-6)
+        # Each head's top class and probability are those of `members`, and their mean is the
+        # ensemble's answer.
+        for head, member in zip(heads, p["members"], strict=True):
+            assert int(head.argmax()) == member["index"]
+            assert head[member["index"]] == pytest.approx(member["probability"])
+        mean = heads.mean(axis=0)
+        for c in p["top_k"]:
+            assert mean[c["index"]] == pytest.approx(c["probability"], abs=1e-9)
+
+        # The mutual information follows from them: H[mean] - mean H[head].
+        def h(q: np.ndarray) -> np.ndarray:
+            return -(q * np.log(np.maximum(q, 1e-300))).sum(axis=-1)
+
+        mi = h(mean) - h(heads).mean()
+        assert mi == pytest.approx(p["uncertainty"]["mutual_information"], abs=1e-6)
+
+
+def test_member_probabilities_without_members(client: TestClient) -> None:
+    p = post_png(client, png(), members="false", member_probabilities="true").json()
+    p = p["predictions"][0]
+    assert p["members"] is None
+    assert len(p["member_probabilities"]) == 3
+
+
 def test_uncertain_flag_follows_the_threshold(client: TestClient) -> None:
     """Over varied inputs (digits, noise, blanks) the flag is always MI > threshold."""
     rng = np.random.default_rng(1)
@@ -366,7 +424,15 @@ def test_openapi_documents_predict(client: TestClient) -> None:
         assert code in post["responses"]
     example = schema["components"]["schemas"]["PredictResponse"]["examples"][0]
     assert example["predictions"][0]["uncertainty"]["mutual_information"] >= 0
-    assert {p["name"] for p in post["parameters"]} >= {"model", "version", "top_k"}
+    assert {p["name"] for p in post["parameters"]} >= {
+        "model",
+        "version",
+        "top_k",
+        "members",
+        "member_probabilities",
+    }
+    prediction = schema["components"]["schemas"]["Prediction"]["properties"]
+    assert "member_probabilities" in prediction
 
 
 def test_readiness_before_and_after_loading(model_repository: Path) -> None:
