@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from service.api import health, models, predict, v2
 from service.errors import ServiceError
 from service.middleware import BodyLimit, HttpMetrics
+from service.oip_grpc import server as oip_grpc
 from service.pool import BatcherPool
 from service.registry import ModelRegistry
 from service.settings import Settings
@@ -34,11 +35,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("serving %s; refused %s", report.loaded, list(report.failed) or "none")
         app.state.registry = registry
         app.state.pool = BatcherPool(registry, settings)
+        grpc_server = await oip_grpc.start(app.state, settings)
         app.state.ready = True  # warmed up; /v2/health/ready also needs a model to serve
         try:
             yield
         finally:
             app.state.ready = False
+            if grpc_server is not None:  # calls in flight finish, new ones are refused
+                await grpc_server.stop(grace=settings.request_timeout_s)
             await app.state.pool.close()  # answers everything still queued
 
     app = FastAPI(

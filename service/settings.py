@@ -18,6 +18,12 @@ class Settings(BaseSettings):
     default_model: str = Field("mnist", description="model answering /predict without a name")
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="Open Inference Protocol gRPC port, as Triton's (0: no gRPC server)",
+    )
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
     max_batch_size: int = Field(32, ge=1, description="images per forward pass at most")
     max_queue_delay_ms: float = Field(

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# The service listens for gRPC on 8001 by default: the apps the tests build in-process stay
+# off that port (the gRPC tests pick a free one).
+os.environ["MIMO_GRPC_PORT"] = "0"
 
 # The tests import their shared helpers from support.py beside this file (and the deployment
 # tests from tests/deploy/deploy_support.py, whose conftest adds that folder); with pytest's

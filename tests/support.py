@@ -78,6 +78,7 @@ def service_env(repository: Path, port: int, **extra: str) -> dict[str, str]:
         MIMO_DEFAULT_MODEL="digits",
         MIMO_HOST="127.0.0.1",
         MIMO_PORT=str(port),
+        MIMO_GRPC_PORT="0",  # no gRPC unless a test asks for it with a free port
         MIMO_THREADS="1",  # modest: the machine is shared
         MIMO_LOG_LEVEL="warning",
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from starlette.datastructures import State
 
 from service import metrics
+from service.api.openapi import errors
 from service.errors import Unavailable
 
 router = APIRouter(tags=["health"])
@@ -15,15 +17,23 @@ def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/v2/health/ready")
-def ready(request: Request) -> dict[str, bool]:
-    if not getattr(request.app.state, "ready", False):
-        raise Unavailable("not ready: models are loading and warming up")
-    if not request.app.state.registry.models():
-        raise Unavailable(
+def not_ready(state: State) -> str | None:
+    """Why the server cannot answer inference yet, or None when it can (HTTP and gRPC)."""
+    if not getattr(state, "ready", False):
+        return "not ready: models are loading and warming up"
+    if not state.registry.models():
+        return (
             "not ready: no model is served (see GET /models for refused files); export one "
             "into the repository and POST /v2/repository/models/<name>/load"
         )
+    return None
+
+
+@router.get("/v2/health/ready", responses=errors(503, e503="not ready: loading, or no model"))
+def ready(request: Request) -> dict[str, bool]:
+    reason = not_ready(request.app.state)
+    if reason is not None:
+        raise Unavailable(reason)
     return {"ready": True}
 
 

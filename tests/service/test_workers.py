@@ -46,6 +46,7 @@ class Server:
     process: subprocess.Popen[bytes]
     metrics_dir: Path
     log: Path
+    grpc: str  # host:port, shared by both workers
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +56,18 @@ def two_workers(
     tmp = tmp_path_factory.mktemp("workers")
     metrics_dir = tmp / "prometheus"
     log = tmp / "server.log"
-    port = free_port()
-    env = service_env(model_repository, port, MIMO_WORKERS="2", MIMO_METRICS_DIR=str(metrics_dir))
+    port, grpc_port = free_port(), free_port()
+    env = service_env(
+        model_repository,
+        port,
+        MIMO_WORKERS="2",
+        MIMO_METRICS_DIR=str(metrics_dir),
+        MIMO_GRPC_PORT=str(grpc_port),
+    )
     process = Process(SERVICE, log, env=env, cwd=ROOT)
-    server = Server(f"http://127.0.0.1:{port}", process.popen, metrics_dir, log)
+    server = Server(
+        f"http://127.0.0.1:{port}", process.popen, metrics_dir, log, f"127.0.0.1:{grpc_port}"
+    )
     children: set[int] = set()
 
     def both_workers_started() -> bool:
@@ -168,3 +177,31 @@ def test_metrics_aggregate_two_workers(two_workers: Server) -> None:
     # No worker died and was replaced along the way.
     assert worker_pids(two_workers.metrics_dir) == pids
     assert time.monotonic() - started < DEADLINE_S
+
+
+@pytest.mark.slow
+def test_grpc_port_shared_by_both_workers(two_workers: Server) -> None:
+    """Both workers listen on the one gRPC port (SO_REUSEPORT); the totals add up as for HTTP.
+
+    Runs after the HTTP test above, whose 50 predictions are already counted.
+    """
+    import tritonclient.grpc as triton_grpc
+
+    from training.data import load_dataset
+
+    images = load_dataset("digits", "test").images
+    for i in range(10):  # a fresh connection each: the kernel spreads them over the workers
+        with triton_grpc.InferenceServerClient(two_workers.grpc) as client:
+            tensor = triton_grpc.InferInput("images", [1, 1, 8, 8], "UINT8")
+            tensor.set_data_from_numpy(images[i : i + 1])
+            assert client.infer("digits", [tensor]).as_numpy("probabilities").shape == (1, 10)
+    for _ in range(4):
+        text = httpx.get(f"{two_workers.url}/metrics", timeout=10).text
+        grpc_ok = [
+            v
+            for labels, v in samples(text, "mimo_requests_total")
+            if labels.get("endpoint") == "grpc:ModelInfer" and labels.get("status") == "200"
+        ]
+        assert sum(grpc_ok) == 10, grpc_ok
+        mi_count = [v for _, v in samples(text, "mimo_mutual_information_nats_count")]
+        assert sum(mi_count) == 60, mi_count
