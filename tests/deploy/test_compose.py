@@ -78,8 +78,9 @@ def published(service: dict[str, Any]) -> dict[int, int]:
 
 def test_ports_health_checks_and_images() -> None:
     services = resolved("gpu")["services"]
-    assert published(services["api"]) == {8000: 8000}
-    assert published(services["api-gpu"]) == {8001: 8000}
+    # HTTP on 8000 and gRPC on 8001 (as Triton); the GPU variant beside them on 8010/8011
+    assert published(services["api"]) == {8000: 8000, 8001: 8001}
+    assert published(services["api-gpu"]) == {8010: 8000, 8011: 8001}
     assert published(services["prometheus"]) == {9090: 9090}
     assert published(services["grafana"]) == {3000: 3000}
     for name, service in services.items():

@@ -136,7 +136,8 @@ def test_multi_stage_slim_non_root_image(dockerfile: Path, extra: str, base: str
     assert env["PATH"].startswith(f"{VENV}/bin:")
     # models baked in where MIMO_REPOSITORY points (compose mounts ./models over it)
     assert f"models/ {env['MIMO_REPOSITORY']}/" in final.all("COPY")
-    assert final.one("EXPOSE") == env["MIMO_PORT"]
+    assert env["MIMO_GRPC_PORT"] == "8001"
+    assert final.one("EXPOSE") == f"{env['MIMO_PORT']} {env['MIMO_GRPC_PORT']}"
     check = final.one("HEALTHCHECK")
     assert check.startswith("--") and "/v2/health/ready" in check and "urllib" in check
     assert exec_form(final.one("CMD")) == ["python", "-m", "service"]

@@ -46,7 +46,7 @@ def compose_image() -> str:
 
 def test_every_manifest_is_covered() -> None:
     assert sorted(p.name for p in K8S.glob("*.yaml")) == sorted(
-        [*CORE, "servicemonitor.yaml", "inferenceservice.yaml"]
+        [*CORE, "servicemonitor.yaml", "inferenceservice.yaml", "inferenceservice-grpc.yaml"]
     )
 
 
@@ -99,8 +99,9 @@ def test_deployment_probes_resources_security() -> None:
     assert main["securityContext"]["readOnlyRootFilesystem"] is True
     assert {m["mountPath"] for m in main["volumeMounts"]} == {"/tmp"}
     env = env_of(main)
-    (port,) = main["ports"]
-    assert port["containerPort"] == int(env["MIMO_PORT"]) == 8000 and port["name"] == "http"
+    http, grpc = main["ports"]
+    assert http["containerPort"] == int(env["MIMO_PORT"]) == 8000 and http["name"] == "http"
+    assert grpc["containerPort"] == int(env["MIMO_GRPC_PORT"]) == 8001 and grpc["name"] == "grpc"
     assert env["MIMO_HOST"] == "0.0.0.0"
     # ONNX Runtime would start one thread per core of the node: pin it to the CPU limit.
     assert env["MIMO_THREADS"] == str(main["resources"]["limits"]["cpu"])
@@ -110,7 +111,9 @@ def test_deployment_probes_resources_security() -> None:
     assert annotations["prometheus.io/path"] == "/metrics"
 
 
-@pytest.mark.parametrize("name", ["deployment.yaml", "inferenceservice.yaml"])
+@pytest.mark.parametrize(
+    "name", ["deployment.yaml", "inferenceservice.yaml", "inferenceservice-grpc.yaml"]
+)
 def test_environment_names_are_settings(name: str) -> None:
     fields = {f"MIMO_{field.upper()}" for field in Settings.model_fields}
     names = {n for n in env_of(container(name)) if n.startswith("MIMO_")}
@@ -122,8 +125,9 @@ def test_service_and_autoscaler_target_the_deployment() -> None:
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    (port,) = service["spec"]["ports"]
-    assert port["targetPort"] == container()["ports"][0]["name"]
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert [p["targetPort"] for p in ports.values()] == [p["name"] for p in container()["ports"]]
+    assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
     assert hpa["apiVersion"] == "autoscaling/v2"
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
@@ -174,7 +178,29 @@ def test_inference_service_runs_the_image_over_the_open_inference_protocol() -> 
     kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
 
 
-@pytest.mark.parametrize("name", ["deployment.yaml", "inferenceservice.yaml"])
+def test_grpc_inference_service_names_its_port_h2c() -> None:
+    """Knative routes one port per container, and gRPC only when that port is named h2c."""
+    isvc = load("inferenceservice-grpc.yaml")
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    main = container("inferenceservice-grpc.yaml")
+    env = env_of(main)
+    (port,) = main["ports"]
+    assert port["name"] == "h2c"
+    assert port["containerPort"] == int(env["MIMO_GRPC_PORT"]) == 8001
+    assert env["MIMO_HOST"] == "0.0.0.0"
+    assert main["securityContext"]["runAsNonRoot"] is True
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "x"},
+        "spec": {"containers": [main]},
+    }
+    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+
+
+@pytest.mark.parametrize(
+    "name", ["deployment.yaml", "inferenceservice.yaml", "inferenceservice-grpc.yaml"]
+)
 def test_images_match_the_compose_image(name: str) -> None:
     assert container(name)["image"] == compose_image()
     assert container(name)["imagePullPolicy"] == "IfNotPresent"
@@ -184,4 +210,4 @@ def test_manifests_are_plain_yaml_documents() -> None:
     for path in K8S.glob("*.yaml"):
         documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
         assert len(documents) == 1, path
-        assert json.loads(json.dumps(documents[0]))["metadata"]["name"] == "mimo-serve"
+        assert json.loads(json.dumps(documents[0]))["metadata"]["name"].startswith("mimo-serve")

@@ -368,3 +368,53 @@ def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
         assert filecmp.cmp(tmp_path / name, folder / name, shallow=False), (
             f"{name} is stale: regenerate it (see the top of mimo_inference.proto)"
         )
+
+
+KSERVE_CLIENT = """
+import asyncio, json, sys
+import numpy as np
+from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+async def main():
+    client = InferenceGRPCClient(sys.argv[1])
+    health = [await client.is_server_live(), await client.is_server_ready(),
+              await client.is_model_ready("digits")]
+    images = np.load(sys.argv[2])
+    answers = {}
+    for binary in (True, False):  # raw_input_contents, then typed contents
+        tensor = InferInput("images", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images, binary_data=binary)
+        result = await client.infer(InferRequest("digits", [tensor], request_id="k"))
+        answers[str(binary)] = {o.name: o.as_numpy().tolist() for o in result.outputs}
+    await client.close()
+    print(json.dumps({"health": health, "id": result.id, "answers": answers}))
+
+asyncio.run(main())
+"""
+
+
+def test_kserve_grpc_client(
+    client: triton.InferenceServerClient, server: Server, digits, tmp_path: Path
+) -> None:
+    """KServe's own InferenceGRPCClient. In a process of its own: its `inference.*` protobuf
+    messages and tritonclient's cannot be loaded into one Python process."""
+    import json
+
+    images = digits[0][:3].astype(np.float32) / 255.0
+    np.save(tmp_path / "images.npy", images)
+    done = subprocess.run(
+        [sys.executable, "-c", KSERVE_CLIENT, server.grpc, str(tmp_path / "images.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["health"] == [True, True, True]
+    assert answer["id"] == "k"
+    expected = infer(client, images, "FP32")
+    for encoding in ("True", "False"):
+        outputs = answer["answers"][encoding]
+        assert list(outputs) == OUTPUTS
+        np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"], atol=1e-6)
+        assert outputs["uncertain"] == expected["uncertain"].tolist()
