@@ -33,3 +33,13 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         PRESETS["digits"], {"epochs": 6, "lr": 1e-2, "threads": 1, "out_dir": str(out)}
     )
     return train(config)
+
+
+@pytest.fixture(scope="session")
+def model_repository(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """<repo>/digits/1/model.onnx: M=3, 8x8 grayscale, 10 classes, contract metadata."""
+    from training.export import export
+
+    repo = tmp_path_factory.mktemp("models")
+    export(digits_checkpoint, repo, "digits", 1)
+    return repo

@@ -1,4 +1,4 @@
-"""A real model repository for the service tests: a tiny digits MIMO model, exported."""
+"""Fixtures of the service tests (the digits model repository is tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from training.export import export
-
-
-@pytest.fixture(scope="session")
-def model_repository(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """<repo>/digits/1/model.onnx: M=3, 8x8 grayscale, 10 classes, contract metadata."""
-    repo = tmp_path_factory.mktemp("models")
-    export(digits_checkpoint, repo, "digits", 1)
-    return repo
 
 
 @pytest.fixture
