@@ -16,7 +16,9 @@ serve: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[cpu]'
 	$(BIN)/python -m service
 
+# Also installs (apt-get, when it may) the programs the tests drive: Prometheus, Chromium.
 test: $(BIN)/python
+	bash .ci/system-deps
 	$(BIN)/pip install --quiet -e '.[cpu,train,dev]'
 	$(BIN)/ruff check .
 	MNIST_DIR=$(MNIST_DIR) $(BIN)/pytest -q
