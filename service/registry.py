@@ -55,8 +55,19 @@ class LoadReport:
 def load_model(
     path: Path, name: str, version: int, providers: str, threads: int, warmup_batch: int
 ) -> ServedModel:
-    session = create_session(str(path), providers, threads)
-    contract = contract_of(session, str(path))
+    # Messages that reach clients name the file inside the repository, never the server's
+    # own file system (`shown`); the log gets the full path.
+    shown = f"{name}/{version}/model.onnx"
+    try:
+        session = create_session(str(path), providers, threads)
+    except ProviderError:
+        raise
+    except Exception as exc:
+        raise ContractError(
+            f"{shown}: not a model ONNX Runtime can load "
+            f"({str(exc).replace(str(path), shown)[:300]})"
+        ) from None
+    contract = contract_of(session, shown)
     model = ServedModel(name, version, path, session, contract, provider_name(session))
     zeros = np.zeros((1, *contract.input_shape), np.float32)
     for batch in {1, warmup_batch}:
@@ -102,9 +113,12 @@ class ModelRegistry:
             except (ContractError, ProviderError) as exc:
                 failed[f"{name}/{version}"] = str(exc)
             except Exception as exc:
-                failed[f"{name}/{version}"] = f"{path}: could not load: {exc}"
+                failed[f"{name}/{version}"] = (
+                    f"{name}/{version}/model.onnx: could not load ({type(exc).__name__})"
+                )
+                log.exception("loading %s", path)
         for key, why in failed.items():
-            log.error("not serving %s: %s", key, why)
+            log.error("not serving %s (%s): %s", key, self.root / key, why)
         return built, failed
 
     def load_all(self) -> LoadReport:
@@ -125,8 +139,8 @@ class ModelRegistry:
         with self._lock:
             if not self._versions_on_disk(name):
                 raise NotFound(
-                    f"no model {name!r} in {self.root} "
-                    f"(expected {self.root}/{name}/<version>/model.onnx)"
+                    f"no model {name!r} in the repository "
+                    f"(expected <repository>/{name}/<version>/model.onnx)"
                 )
             built, failed = self._build(name)
             if failed and not replace_failed:
