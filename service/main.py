@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service.api import health, models, predict, v2
+from service.api import health, models, predict, ui, v2
 from service.errors import ServiceError
 from service.middleware import BodyLimit, HttpMetrics
 from service.oip_grpc import server as oip_grpc
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Still a JSON {"error"} body (OIP clients parse it); Starlette re-raises for the log.
         return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the log"}, 500)
 
-    for router in (predict.router, models.router, v2.router, health.router):
+    for router in (predict.router, models.router, v2.router, health.router, ui.router):
         app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HttpMetrics)
