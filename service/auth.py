@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 
 from pydantic import SecretStr
@@ -14,7 +15,8 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 def check_api_key(expected: SecretStr | None, authorization: str, api_key: str) -> None:
     """With a key set: `Authorization: Bearer <key>` or `X-API-Key: <key>` must carry it.
 
-    The comparison takes the same time wherever the given key differs from the expected one.
+    Both keys are hashed first, so that the comparison takes the same time whatever the given
+    key is, its length included.
     """
     if expected is None:
         return
@@ -25,5 +27,8 @@ def check_api_key(expected: SecretStr | None, authorization: str, api_key: str) 
             "missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
             _CHALLENGE,
         )
-    if not secrets.compare_digest(given.encode(), expected.get_secret_value().encode()):
+    digest = hashlib.sha256(given.encode()).digest()
+    if not secrets.compare_digest(
+        digest, hashlib.sha256(expected.get_secret_value().encode()).digest()
+    ):
         raise Unauthorized("wrong API key", _CHALLENGE)

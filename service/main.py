@@ -8,9 +8,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from service import oip
 from service.api import health, models, predict, ui, v2
 from service.errors import ServiceError
 from service.middleware import BodyLimit, HttpMetrics
@@ -79,4 +81,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HttpMetrics)
+    if settings.cors_origins:  # outermost: a preflight is answered before any other work
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", oip.HEADER],
+            expose_headers=["Retry-After", oip.HEADER],
+        )
     return app

@@ -9,6 +9,8 @@ service/__main__.py) and the gauges say how their per-process values combine.
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -100,9 +102,39 @@ MODEL_INFO = Gauge(
 )
 
 
+LIVE_GAUGE_FILE = re.compile(r"^gauge_live(?:sum|all)_(\d+)\.db$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a worker that died and is not reaped yet is a zombie: dead for the metrics
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def forget_dead_workers(folder: str) -> list[int]:
+    """Drop the live gauges (queue depth, in flight, capacity) of worker processes that died,
+    so that their last values stop adding up; their counters stay (totals never go back)."""
+    dead = {
+        int(found.group(1))
+        for name in os.listdir(folder)
+        if (found := LIVE_GAUGE_FILE.match(name)) and not _alive(int(found.group(1)))
+    }
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, folder)
+    return sorted(dead)
+
+
 def exposition() -> tuple[bytes, str]:
     """The text exposition, aggregated over worker processes in multiprocess mode."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if folder := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        forget_dead_workers(folder)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST

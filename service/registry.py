@@ -87,13 +87,16 @@ class ModelRegistry:
 
     def _versions_on_disk(self, name: str) -> dict[int, Path]:
         folder = self.root / name
-        if not folder.is_dir():
+        try:
+            if not folder.is_dir():
+                return {}
+            return {
+                int(v.name): v / "model.onnx"
+                for v in folder.iterdir()
+                if v.is_dir() and VERSION_PATTERN.fullmatch(v.name) and (v / "model.onnx").is_file()
+            }
+        except OSError:  # a name the file system refuses (too long, ...) holds no model
             return {}
-        return {
-            int(v.name): v / "model.onnx"
-            for v in folder.iterdir()
-            if v.is_dir() and VERSION_PATTERN.fullmatch(v.name) and (v / "model.onnx").is_file()
-        }
 
     def names_on_disk(self) -> list[str]:
         if not self.root.is_dir():

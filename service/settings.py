@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Providers = Literal["auto", "cpu", "cuda", "tensorrt"]
 
@@ -39,6 +39,16 @@ class Settings(BaseSettings):
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per core)")
     providers: Providers = Field("auto", description="execution providers to ask for")
     api_key: SecretStr | None = Field(None, description="require `Authorization: Bearer <key>`")
+    model_control: Literal["none", "explicit"] = Field(
+        "none",
+        description="as Triton's --model-control-mode: `none` serves what was in the repository "
+        "at start; `explicit` opens POST /v2/repository/models/<m>/load|unload (needs an API key)",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins allowed to call the API from a browser page of theirs, comma "
+        "separated (`*` for any); none by default: no CORS headers at all",
+    )
     metrics_dir: Path | None = Field(
         None, description="prometheus multiprocess directory (set when workers > 1)"
     )
@@ -49,3 +59,19 @@ class Settings(BaseSettings):
     def _empty_key_is_none(cls, value: object) -> object:
         # MIMO_API_KEY= (set but empty) means no key, not "refuse every request".
         return None if value == "" else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _control_needs_a_key(self) -> Settings:
+        if self.model_control == "explicit" and self.api_key is None:
+            raise ValueError(
+                "MIMO_MODEL_CONTROL=explicit lets any client load and unload models: set "
+                "MIMO_API_KEY too (clients then send `Authorization: Bearer <key>`)"
+            )
+        return self

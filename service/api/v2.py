@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from service import oip, oip_model
 from service.deps import ApiKey, PoolDep, RegistryDep, SettingsDep
-from service.errors import BadRequest, Conflict
+from service.errors import BadRequest, Conflict, Forbidden
 from service.predictions import counted
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -111,7 +111,14 @@ def repository_index(registry: RegistryDep) -> list[dict[str, Any]]:
 
 
 def single_process(settings: SettingsDep) -> None:
-    """Each worker process holds its own registry: a load or unload would reach only one."""
+    """Repository control only when enabled (as Triton's model-control mode), and with one
+    process: each worker holds its own registry, a load or unload would reach only one."""
+    if settings.model_control != "explicit":
+        raise Forbidden(
+            "repository control is off (MIMO_MODEL_CONTROL=none): the service serves what the "
+            "repository held at start. Start it with MIMO_MODEL_CONTROL=explicit and an "
+            "MIMO_API_KEY to load and unload models, or restart it to pick up new versions"
+        )
     if settings.workers > 1:
         raise Conflict(
             f"repository control is per process and MIMO_WORKERS={settings.workers}: restart "

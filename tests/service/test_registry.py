@@ -27,14 +27,26 @@ def png() -> bytes:
     return buffer.getvalue()
 
 
+KEY = "repository-tests-key"
+
+
 @asynccontextmanager
 async def serving(repository: Path, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan running, reached in process over real ASGI."""
-    settings = Settings(repository=repository, default_model="digits", threads=1, **overrides)
+    """The app with its lifespan running, reached in process over real ASGI; repository
+    control on (it needs an API key, which the client sends)."""
+    settings = Settings(
+        repository=repository,
+        default_model="digits",
+        threads=1,
+        **{"model_control": "explicit", "api_key": KEY, **overrides},
+    )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://mimo") as client:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://mimo", headers=headers
+        ) as client:
             yield client
 
 

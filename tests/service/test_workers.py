@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from PIL import Image
-from support import ROOT, SERVICE, Process, free_port, service_env, wait_ready
+from support import ROOT, SERVICE, Process, free_port, service_env, wait_for, wait_ready
 
 DEADLINE_S = 120  # for the whole module: start-up, traffic and scrapes
 PID_FILE = re.compile(r"_(\d+)\.db$")
@@ -205,3 +205,37 @@ def test_grpc_port_shared_by_both_workers(two_workers: Server) -> None:
         assert sum(grpc_ok) == 10, grpc_ok
         mi_count = [v for _, v in samples(text, "mimo_mutual_information_nats_count")]
         assert sum(mi_count) == 60, mi_count
+
+
+@pytest.mark.slow
+def test_a_dead_worker_leaves_no_stale_gauges(two_workers: Server) -> None:
+    """SIGKILL one worker: uvicorn starts another, and the dead one's live gauges (queue
+    capacity, depth, in flight) stop adding up; its counters stay in the totals. Runs last:
+    it replaces a worker of the module's server."""
+
+    def capacity() -> float:
+        text = httpx.get(f"{two_workers.url}/metrics", timeout=10).text
+        return sum(v for _, v in samples(text, "mimo_queue_capacity"))
+
+    def total_predictions() -> float:
+        text = httpx.get(f"{two_workers.url}/metrics", timeout=10).text
+        return sum(v for _, v in samples(text, "mimo_predictions_total"))
+
+    before = worker_pids(two_workers.metrics_dir)
+    assert capacity() == 2 * 256  # one full queue per worker
+    counted = total_predictions()
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> bool:
+        now = {p for p in worker_pids(two_workers.metrics_dir) if parent_of(p) is not None}
+        return victim not in now and len(now - before) == 1
+
+    wait_for("a new worker", replaced, 60)
+    # Once the new worker has started up, two queues: the dead one's no longer counts (it
+    # would be 3 x 256 if its last value stayed summed).
+    wait_for("the new worker's queue", lambda: capacity() == 2 * 256, 60)
+    for _ in range(6):  # fresh connections: either worker answers the scrape
+        assert capacity() == 2 * 256
+        assert total_predictions() == counted
+    assert not list(two_workers.metrics_dir.glob(f"gauge_live*_{victim}.db"))
