@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from service import oip
 from service.api import health, models, predict, ui, v2
+from service.api.openapi import without_422
 from service.errors import ServiceError
 from service.middleware import BodyLimit, HttpMetrics
 from service.oip_grpc import server as oip_grpc
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in (predict.router, models.router, v2.router, health.router, ui.router):
         app.include_router(router)
+    without_422(app)  # request validation errors answer 400 (`invalid` above)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HttpMetrics)
     if settings.cors_origins:  # outermost: a preflight is answered before any other work

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,8 @@ import numpy as np
 from service.errors import BadRequest
 
 HEADER = "inference-header-content-length"
+DIGITS = re.compile(r"[0-9]{1,18}")  # a byte count: ASCII digits, short enough for int()
+MAX_DIMENSIONS = 32  # numpy allows 64; no model here takes more than 4
 DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
@@ -63,8 +66,13 @@ def tensor(name: str, datatype: str, shape: list[Any], raw: bytes | None, data: 
     """
     if datatype not in DTYPES:
         raise BadRequest(f"input {name!r}: datatype {datatype} not supported; send FP32 or UINT8")
-    if not all(isinstance(d, int) and d >= 0 for d in shape):
+    # (bool is an int to isinstance: [true] is no shape)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadRequest(f"input {name!r}: shape must be non-negative integers, got {shape}")
+    if len(shape) > MAX_DIMENSIONS:
+        raise BadRequest(
+            f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS}"
+        )
     count = math.prod(shape)
     dtype = DTYPES[datatype]
     if raw is not None:
@@ -90,7 +98,8 @@ def tensor(name: str, datatype: str, shape: list[Any], raw: bytes | None, data: 
 
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses (a 500 once).
+        if not DIGITS.fullmatch(header_length) or int(header_length) > len(body):
             raise BadRequest(
                 f"Inference-Header-Content-Length {header_length!r} does not fit a body of "
                 f"{len(body)} bytes"
@@ -112,7 +121,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         size = _parameters(spec, f"input {spec.get('name')!r}").get("binary_data_size")
         raw = None
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            bad = not isinstance(size, int) or isinstance(size, bool) or size < 0
+            if bad or offset + size > len(binary):
                 raise BadRequest(
                     f"input {spec.get('name')!r}: binary_data_size {size} runs past the "
                     f"{len(binary)} binary bytes of the body"

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from service import oip
 from service.errors import BadRequest, NotFound
 from service.pool import BatcherPool
 from service.predictions import observe
@@ -31,7 +32,7 @@ def parse_version(version: str | None) -> int | None:
     """The protocol's version string: empty or absent means the highest served."""
     if version is None or version == "":
         return None
-    if not version.isdigit() or int(version) < 1:
+    if not oip.DIGITS.fullmatch(version) or int(version) < 1:
         raise NotFound(f"model version must be a positive integer, got {version!r}")
     return int(version)
 

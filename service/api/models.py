@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from service.api.openapi import errors
 from service.deps import ApiKey, RegistryDep, SettingsDep
 from service.schemas import ModelDescription, ModelsResponse
 
 router = APIRouter(tags=["models"])
 
 
-@router.get("/models", response_model=ModelsResponse, dependencies=[ApiKey])
+@router.get("/models", response_model=ModelsResponse, dependencies=[ApiKey], responses=errors(401))
 def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelsResponse:
     served = registry.models()
     default = {m.name: max(v.version for v in served if v.name == m.name) for m in served}

@@ -45,6 +45,7 @@ ERRORS = {
         413: "body or image over the limits",
         415: "unsupported content type",
         429: "queue full (see Retry-After)",
+        503: "the model is being unloaded (see Retry-After)",
         504: "no answer within the request timeout",
     }.items()
 }

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from service import oip, oip_model
+from service.api.openapi import INFER, errors
 from service.deps import ApiKey, PoolDep, RegistryDep, SettingsDep
 from service.errors import BadRequest, Conflict, Forbidden
 from service.predictions import counted
@@ -24,23 +25,23 @@ def server_metadata() -> dict[str, Any]:
     return oip_model.SERVER
 
 
-@router.get("/models/{name}", dependencies=[ApiKey])
+@router.get("/models/{name}", dependencies=[ApiKey], responses=errors(401, 404))
 def model_metadata(name: str, registry: RegistryDep) -> dict[str, Any]:
     return oip_model.metadata(registry, name, None)
 
 
-@router.get("/models/{name}/versions/{version}", dependencies=[ApiKey])
+@router.get("/models/{name}/versions/{version}", dependencies=[ApiKey], responses=errors(401, 404))
 def model_version_metadata(name: str, version: str, registry: RegistryDep) -> dict[str, Any]:
     return oip_model.metadata(registry, name, version)
 
 
-@router.get("/models/{name}/ready")
+@router.get("/models/{name}/ready", responses=errors(404))
 def model_ready(name: str, registry: RegistryDep) -> dict[str, Any]:
     model = registry.get(name)
     return {"name": model.name, "ready": True}
 
 
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/versions/{version}/ready", responses=errors(404))
 def model_version_ready(name: str, version: str, registry: RegistryDep) -> dict[str, Any]:
     model = registry.get(name, oip_model.parse_version(version))
     return {"name": model.name, "version": str(model.version), "ready": True}
@@ -79,14 +80,24 @@ async def _infer(
     )
 
 
-@router.post("/models/{name}/infer", dependencies=[ApiKey])
+@router.post(
+    "/models/{name}/infer",
+    dependencies=[ApiKey],
+    responses=errors(400, 401, 404, 413, 429, 503, 504),
+    openapi_extra=INFER,
+)
 async def infer(
     request: Request, name: str, registry: RegistryDep, pool: PoolDep, settings: SettingsDep
 ) -> Response:
     return await _infer(request, name, None, registry, pool, settings)
 
 
-@router.post("/models/{name}/versions/{version}/infer", dependencies=[ApiKey])
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    dependencies=[ApiKey],
+    responses=errors(400, 401, 404, 413, 429, 503, 504),
+    openapi_extra=INFER,
+)
 async def infer_version(
     request: Request,
     name: str,
@@ -98,7 +109,7 @@ async def infer_version(
     return await _infer(request, name, version, registry, pool, settings)
 
 
-@router.post("/repository/index", dependencies=[ApiKey])
+@router.post("/repository/index", dependencies=[ApiKey], responses=errors(401))
 def repository_index(registry: RegistryDep) -> list[dict[str, Any]]:
     rows = [
         {"name": m.name, "version": str(m.version), "state": "READY"}
@@ -127,7 +138,13 @@ def single_process(settings: SettingsDep) -> None:
         )
 
 
-@router.post("/repository/models/{name}/load", dependencies=[ApiKey, Depends(single_process)])
+@router.post(
+    "/repository/models/{name}/load",
+    dependencies=[ApiKey, Depends(single_process)],
+    responses=errors(
+        400, 401, 403, 404, 409, e400="bad name, or a version failed to load (the old one serves)"
+    ),
+)
 async def load_model(name: str, registry: RegistryDep, pool: PoolDep) -> dict[str, Any]:
     report = await asyncio.get_running_loop().run_in_executor(None, registry.load, name)
     if report.failed:
@@ -138,7 +155,11 @@ async def load_model(name: str, registry: RegistryDep, pool: PoolDep) -> dict[st
     return {"name": name, "loaded": report.loaded}
 
 
-@router.post("/repository/models/{name}/unload", dependencies=[ApiKey, Depends(single_process)])
+@router.post(
+    "/repository/models/{name}/unload",
+    dependencies=[ApiKey, Depends(single_process)],
+    responses=errors(401, 403, 404, 409, e404="model not loaded"),
+)
 async def unload_model(name: str, registry: RegistryDep, pool: PoolDep) -> dict[str, Any]:
     registry.unload(name)
     await pool.retire_stale()
