@@ -21,6 +21,7 @@ from service.oip_grpc import server as oip_grpc
 from service.pool import BatcherPool
 from service.registry import ModelRegistry
 from service.settings import Settings
+from service.shutdown import unready_first
 
 log = logging.getLogger("mimo.service")
 
@@ -41,11 +42,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         grpc_server = await oip_grpc.start(app.state, settings)
         app.state.ready = True  # warmed up; /v2/health/ready also needs a model to serve
         try:
-            yield
+            with unready_first(app.state, settings.shutdown_delay_s):
+                yield
         finally:
             app.state.ready = False
             if grpc_server is not None:  # calls in flight finish, new ones are refused
-                await grpc_server.stop(grace=settings.request_timeout_s)
+                await grpc_server.stop(grace=settings.shutdown_grace_s)
             await app.state.pool.close()  # answers everything still queued
 
     app = FastAPI(

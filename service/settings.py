@@ -52,6 +52,17 @@ class Settings(BaseSettings):
     metrics_dir: Path | None = Field(
         None, description="prometheus multiprocess directory (set when workers > 1)"
     )
+    shutdown_delay_s: float = Field(
+        2.0,
+        ge=0,
+        description="on SIGTERM, readiness fails this long before the server stops accepting "
+        "connections, so that load balancers stop sending first (0: at once)",
+    )
+    shutdown_grace_s: float = Field(
+        20.0,
+        gt=0,
+        description="then requests in flight have this long to be answered before they are cut",
+    )
     log_level: str = "info"
 
     @field_validator("api_key", mode="before")

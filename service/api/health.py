@@ -19,6 +19,8 @@ def live() -> dict[str, bool]:
 
 def not_ready(state: State) -> str | None:
     """Why the server cannot answer inference yet, or None when it can (HTTP and gRPC)."""
+    if getattr(state, "draining", False):
+        return "not ready: shutting down (SIGTERM); requests still arriving are answered"
     if not getattr(state, "ready", False):
         return "not ready: models are loading and warming up"
     if not state.registry.models():

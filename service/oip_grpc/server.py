@@ -21,7 +21,7 @@ from starlette.datastructures import State
 from service import metrics, oip, oip_model
 from service.api.health import not_ready
 from service.auth import check_api_key
-from service.errors import BadRequest, ServiceError, Unavailable
+from service.errors import BadRequest, ServiceError
 from service.oip_grpc import mimo_inference_pb2 as pb
 from service.predictions import counted
 from service.settings import Settings
@@ -129,9 +129,8 @@ class InferenceServicer:
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Message:
         started = time.monotonic()
         self._authorize(context)
-        reason = not_ready(self.state)
-        if reason is not None:
-            raise Unavailable(reason)
+        # Not ready (draining after SIGTERM) still answers, as HTTP does: readiness tells
+        # balancers to stop sending, it refuses nobody.
         model = self.state.registry.get(
             request.model_name, oip_model.parse_version(request.model_version)
         )
