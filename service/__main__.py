@@ -12,7 +12,7 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
-from service.settings import Settings
+from service.settings import LOG_FORMAT, Settings
 
 
 def main() -> None:
@@ -26,9 +26,7 @@ def main() -> None:
         )
         print(f"mimo-serve: invalid settings: {problems}", file=sys.stderr)
         sys.exit(2)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     if settings.workers > 1:
         # prometheus-client's multiprocess mode: every worker writes its samples into one
         # folder, wiped at start so totals from an earlier run do not leak in.

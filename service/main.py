@@ -20,7 +20,7 @@ from service.middleware import BodyLimit, HttpMetrics
 from service.oip_grpc import server as oip_grpc
 from service.pool import BatcherPool
 from service.registry import ModelRegistry
-from service.settings import Settings
+from service.settings import LOG_FORMAT, Settings
 from service.shutdown import unready_first
 
 log = logging.getLogger("mimo.service")
@@ -28,6 +28,9 @@ log = logging.getLogger("mimo.service")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    # Each worker process builds its app here: without this its own log lines were lost
+    # (the supervisor configured logging only for itself). A no-op where logging is set up.
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
