@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MNIST_DIR ?= ../shared/data/mnist
 RUNS ?= runs
 
-.PHONY: serve test lint default-model results clean
+.PHONY: serve test lint audit default-model results clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,18 @@ test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[cpu,train,dev]'
 	$(BIN)/ruff check .
 	MNIST_DIR=$(MNIST_DIR) $(BIN)/pytest -q
+
+# Known vulnerabilities in what the service installs (`.[cpu]`, resolved in a venv of its own),
+# from pypi.org's JSON API (or PIP_AUDIT_SERVICE=osv: api.osv.dev); fails on any finding and on
+# any package it could not check.
+AUDIT_VENV ?= .venv-audit
+audit: $(BIN)/python
+	$(BIN)/pip install --quiet pip-audit
+	rm -rf $(AUDIT_VENV) && $(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/pip install --quiet '.[cpu]'
+	$(AUDIT_VENV)/bin/pip freeze --exclude mimo-serve > $(AUDIT_VENV)/requirements.txt
+	$(BIN)/pip-audit --strict --progress-spinner off --disable-pip --no-deps \
+		--vulnerability-service $${PIP_AUDIT_SERVICE:-pypi} -r $(AUDIT_VENV)/requirements.txt
 
 lint: $(BIN)/python
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
