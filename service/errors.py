@@ -50,3 +50,12 @@ class Unavailable(ServiceError):
 
 class Timeout(ServiceError):
     status_code = 504
+
+
+def quoted(value: object, limit: int = 60) -> str:
+    """repr(value) for a message, cut after `limit` characters: what a client sent is named,
+    not reflected back whole (a 10,000-character model name)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"

@@ -86,7 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (predict.router, models.router, v2.router, health.router, ui.router):
         app.include_router(router)
     without_422(app)  # request validation errors answer 400 (`invalid` above)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, max_seconds=settings.request_timeout_s
+    )
     app.add_middleware(HttpMetrics)
     if settings.cors_origins:  # outermost: a preflight is answered before any other work
         app.add_middleware(

@@ -1,16 +1,20 @@
-"""ASGI middleware: body size limit and the per-request HTTP metrics."""
+"""ASGI middleware: body size and time limits, and the per-request HTTP metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
 
 
-async def send_error(send: Send, status: int, message: str) -> None:
+async def send_error(
+    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = json.dumps({"error": message}).encode()
     await send(
         {
@@ -19,6 +23,7 @@ async def send_error(send: Send, status: int, message: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *(headers or []),
             ],
         }
     )
@@ -26,11 +31,15 @@ async def send_error(send: Send, status: int, message: str) -> None:
 
 
 class BodyLimit:
-    """413 for a body over the limit, announced (Content-Length) or streamed (chunked)."""
+    """413 for a body over the limit, announced (Content-Length) or streamed (chunked); 408
+    for a body still arriving `max_seconds` after the request (a slow or stalled client, who
+    would otherwise hold a connection and its buffers for as long as it likes); a client that
+    leaves before its body is all sent is no server error (ClientGone, counted as 499)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_seconds: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_seconds = max_seconds
 
     def _message(self, size: int | str) -> str:
         return (
@@ -48,14 +57,25 @@ class BodyLimit:
             return
         seen = 0
         started = False
+        complete = False  # the whole body has arrived
+        deadline = None if self.max_seconds is None else time.monotonic() + self.max_seconds
 
         async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete or deadline is None:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+                except TimeoutError:
+                    raise _TooSlow from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if seen > self.max_bytes:
                     raise _TooLarge
+            elif message["type"] == "http.disconnect" and not complete:
+                raise ClientGone
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -68,10 +88,28 @@ class BodyLimit:
         except _TooLarge:
             if not started:
                 await send_error(send, 413, self._message(f"more than {self.max_bytes}"))
+        except _TooSlow:
+            if not started:
+                message = (
+                    f"request body not complete {self.max_seconds:g} s after the request "
+                    f"(MIMO_REQUEST_TIMEOUT_S; {seen} bytes came): send the body at once"
+                )
+                # The rest of the body is never read: the connection ends with the answer.
+                await send_error(send, 408, message, [(b"connection", b"close")])
 
 
 class _TooLarge(Exception):
     status_code = 413  # what the routes' request counters record for it
+
+
+class _TooSlow(Exception):
+    status_code = 408
+
+
+class ClientGone(ClientDisconnect):
+    """The client closed the connection before its body was all sent: nobody to answer."""
+
+    status_code = 499  # nginx's "client closed request", in the request counters
 
 
 ENDPOINTS = ("/predict", "/models", "/metrics", "/v2/health", "/v2/repository", "/v2/models", "/v2")
@@ -108,6 +146,8 @@ class HttpMetrics:
         metrics.IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, capture)
+        except ClientDisconnect:
+            status = ClientGone.status_code  # no answer can reach it; not a server error
         finally:
             metrics.IN_FLIGHT.dec()
             metrics.REQUESTS.labels(endpoint, str(status)).inc()

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import BadRequest
+from service.errors import BadRequest, quoted
 
 HEADER = "inference-header-content-length"
 DIGITS = re.compile(r"[0-9]{1,18}")  # a byte count: ASCII digits, short enough for int()
@@ -68,7 +68,9 @@ def tensor(name: str, datatype: str, shape: list[Any], raw: bytes | None, data: 
         raise BadRequest(f"input {name!r}: datatype {datatype} not supported; send FP32 or UINT8")
     # (bool is an int to isinstance: [true] is no shape)
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise BadRequest(f"input {name!r}: shape must be non-negative integers, got {shape}")
+        raise BadRequest(
+            f"input {quoted(name)}: shape must be non-negative integers, got {quoted(shape)}"
+        )
     if len(shape) > MAX_DIMENSIONS:
         raise BadRequest(
             f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS}"
@@ -101,7 +103,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         # ASCII digits only: str.isdigit() also takes "²", which int() refuses (a 500 once).
         if not DIGITS.fullmatch(header_length) or int(header_length) > len(body):
             raise BadRequest(
-                f"Inference-Header-Content-Length {header_length!r} does not fit a body of "
+                f"Inference-Header-Content-Length {quoted(header_length)} does not fit a body of "
                 f"{len(body)} bytes"
             )
         head, binary = body[: int(header_length)], body[int(header_length) :]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from service import oip
-from service.errors import BadRequest, NotFound
+from service.errors import BadRequest, NotFound, quoted
 from service.pool import BatcherPool
 from service.predictions import observe
 from service.registry import ModelRegistry, ServedModel
@@ -33,7 +33,7 @@ def parse_version(version: str | None) -> int | None:
     if version is None or version == "":
         return None
     if not oip.DIGITS.fullmatch(version) or int(version) < 1:
-        raise NotFound(f"model version must be a positive integer, got {version!r}")
+        raise NotFound(f"model version must be a positive integer, got {quoted(version)}")
     return int(version)
 
 

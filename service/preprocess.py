@@ -8,6 +8,7 @@ light-on-dark datasets; 16-bit images keep their full range; JPEG EXIF orientati
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import numpy as np
@@ -62,7 +63,20 @@ def decode(
     except PayloadTooLarge:
         raise
     except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"image refused as a decompression bomb: {exc}") from None
+        # Pillow refuses it on opening, before the size is known here: its message says how
+        # many pixels, in its own terms (its limit is not the service's setting).
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(declared.group(1)):,} pixels" if declared else "too many pixels"
+        guard = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        limit = (
+            f"{max_pixels:,} (MIMO_MAX_IMAGE_PIXELS)"
+            if not guard or max_pixels <= guard
+            else f"{guard:,} (Pillow's own guard; MIMO_MAX_IMAGE_PIXELS is higher)"
+        )
+        raise PayloadTooLarge(
+            f"image refused as a decompression bomb: its header declares {pixels}; the limit "
+            f"is {limit}: send a smaller image"
+        ) from None
     except UnidentifiedImageError:
         raise BadRequest(
             f"expected an image ({ACCEPTED}), got {_describe(data, content_type)}"

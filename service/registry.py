@@ -22,7 +22,7 @@ from service.contract import (
     ModelContract,
     contract_of,
 )
-from service.errors import BadRequest, NotFound
+from service.errors import BadRequest, NotFound, quoted
 from service.runtime import ProviderError, create_session, provider_name
 
 log = logging.getLogger("mimo.registry")
@@ -138,7 +138,7 @@ class ModelRegistry:
         With `replace_failed` (start-up), the versions that did load are served anyway.
         """
         if not NAME_PATTERN.fullmatch(name):
-            raise BadRequest(f"model name {name!r} must match {NAME_PATTERN.pattern}")
+            raise BadRequest(f"model name {quoted(name)} must match {NAME_PATTERN.pattern}")
         with self._lock:
             if not self._versions_on_disk(name):
                 raise NotFound(
@@ -158,7 +158,7 @@ class ModelRegistry:
     def unload(self, name: str) -> None:
         with self._lock:
             if name not in self._models:
-                raise NotFound(f"model {name!r} is not loaded")
+                raise NotFound(f"model {quoted(name)} is not loaded")
             table = dict(self._models)
             del table[name]
             self._models = table
@@ -167,11 +167,13 @@ class ModelRegistry:
         versions = self._models.get(name)
         if not versions:
             known = ", ".join(sorted(self._models)) or "none"
-            raise NotFound(f"unknown model {name!r}; served models: {known}")
+            raise NotFound(f"unknown model {quoted(name)}; served models: {known}")
         if version is None:
             return versions[max(versions)]
         if version not in versions:
-            raise NotFound(f"model {name!r} has no version {version}; versions: {sorted(versions)}")
+            raise NotFound(
+                f"model {name!r} has no version {quoted(version)}; versions: {sorted(versions)}"
+            )
         return versions[version]
 
     def models(self) -> list[ServedModel]:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from service.deps import ApiKey, PoolDep, RegistryDep, SettingsDep
 from service.errors import BadRequest, UnsupportedMediaType
@@ -55,8 +56,18 @@ async def read_images(request: Request, limit: int) -> list[tuple[str | None, by
     """(filename, bytes, content type) of every image in the request."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        # One over the limit, so that the check below names the setting to the client.
-        async with request.form(max_files=limit + 1, max_fields=limit) as form:
+        try:
+            form = await request.form(max_files=limit, max_fields=limit)
+        except HTTPException as exc:  # Starlette's parser: too many parts, or malformed
+            if str(exc.detail).startswith("Too many"):
+                raise BadRequest(
+                    f"more than {limit} parts in one request; the limit is {limit} "
+                    "(MIMO_MAX_IMAGES_PER_REQUEST): send fewer images, each a part named `file`"
+                ) from None
+            raise BadRequest(
+                f"malformed multipart body: {exc.detail} Send each image as a part named `file`"
+            ) from None
+        try:
             files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
             if not files:
                 raise BadRequest(
@@ -64,6 +75,8 @@ async def read_images(request: Request, limit: int) -> list[tuple[str | None, by
                     f"`file` (fields found: {sorted(set(form.keys())) or 'none'})"
                 )
             return [(f.filename, await f.read(), f.content_type) for f in files]
+        finally:
+            await form.close()
     if content_type.startswith("image/") or content_type == "application/octet-stream":
         return [(None, await request.body(), content_type)]
     raise UnsupportedMediaType(

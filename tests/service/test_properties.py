@@ -145,7 +145,8 @@ def mutate(data: bytes, edits: list[tuple[str, int, int]]) -> bytes:
 
 
 @IMAGES
-@pytest.mark.filterwarnings("ignore:Tag data larger than file")  # Pillow, on a cut TIFF
+@pytest.mark.filterwarnings("ignore:Tag data larger than file")  # Pillow, on cut TIFFs
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
 @given(images(), mutations(), SPECS)
 def test_damaged_images(
     image: tuple[bytes, str, str], edits: list[tuple[str, int, int]], spec: dict[str, Any]
