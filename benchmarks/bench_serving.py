@@ -1,0 +1,337 @@
+"""Serving throughput and latency, side by side in one run: this service (batching on and off,
+1 and 2 workers), the plain FastAPI app a user would write, LitServe with batching, the most
+trivial FastAPI endpoint, and ONNX Runtime alone with no HTTP.
+
+Starts each server itself on a free loopback port, one at a time, loads it with `hey`
+(Debian package `hey`) at each concurrency for `--seconds`, stops it; the whole round is
+repeated `--repeats` times (interleaved, so that drift of a shared machine hits every server
+alike) and the table gives medians and the ratio to the plain app and the trivial endpoint.
+
+    python benchmarks/bench_serving.py                             # the default model
+    python benchmarks/bench_serving.py --servers mimo plain trivial --concurrency 1 32
+    python benchmarks/bench_serving.py --model models/cifar/1/model.onnx --image cat.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@dataclass
+class Server:
+    name: str
+    what: str
+    command: list[str]
+    env: dict[str, str]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def servers(model: Path, port: int, threads: int) -> dict[str, Server]:
+    """Every server the benchmark knows, listening on `port`."""
+    repo = model.parent.parent.parent  # <repo>/<name>/<version>/model.onnx
+    name = model.parent.parent.name
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MIMO_")}
+    mimo = base | {
+        "MIMO_REPOSITORY": str(repo),
+        "MIMO_DEFAULT_MODEL": name,
+        "MIMO_PORT": str(port),
+        "MIMO_GRPC_PORT": "0",
+        "MIMO_LOG_LEVEL": "warning",
+    }
+    if threads:
+        mimo["MIMO_THREADS"] = str(threads)
+    uvicorn = [
+        PY,
+        "-m",
+        "uvicorn",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    plain_env = base | {"MODEL": str(model)}
+    return {
+        "mimo": Server("mimo", "this service, defaults", [PY, "-m", "service"], mimo),
+        "mimo-nobatch": Server(
+            "mimo-nobatch",
+            "this service, batching off (MIMO_MAX_BATCH_SIZE=1)",
+            [PY, "-m", "service"],
+            mimo | {"MIMO_MAX_BATCH_SIZE": "1"},
+        ),
+        "mimo-1w": Server(
+            "mimo-1w",
+            "this service, MIMO_WORKERS=1",
+            [PY, "-m", "service"],
+            mimo | {"MIMO_WORKERS": "1"},
+        ),
+        "mimo-2w": Server(
+            "mimo-2w",
+            "this service, MIMO_WORKERS=2",
+            [PY, "-m", "service"],
+            mimo | {"MIMO_WORKERS": "2"},
+        ),
+        "plain": Server(
+            "plain",
+            "plain FastAPI app (benchmarks/baselines/plain_fastapi.py)",
+            [*uvicorn, "benchmarks.baselines.plain_fastapi:app"],
+            plain_env,
+        ),
+        "litserve": Server(
+            "litserve",
+            "LitServe 0.2, batching 32 / 5 ms (benchmarks/baselines/litserve_app.py)",
+            [
+                PY,
+                "benchmarks/baselines/litserve_app.py",
+                "--port",
+                str(port),
+                "--model",
+                str(model),
+            ],
+            base,
+        ),
+        "trivial": Server(
+            "trivial",
+            "trivial FastAPI endpoint (benchmarks/baselines/trivial.py)",
+            [*uvicorn, "benchmarks.baselines.trivial:app"],
+            base,
+        ),
+    }
+
+
+def wait_ready(url: str, image: bytes, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            answer = httpx.post(
+                url, content=image, headers={"content-type": "image/png"}, timeout=5
+            )
+            if answer.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not answering within {timeout:.0f} s")
+
+
+HEY_RPS = re.compile(r"Requests/sec:\s+([0-9.]+)")
+HEY_PCT = re.compile(r"\s(50|99)% in ([0-9.]+) secs")
+HEY_STATUS = re.compile(r"\[(\d{3})\]\s+(\d+) responses")
+
+
+def hey(url: str, image_path: Path, concurrency: int, seconds: float) -> dict[str, Any]:
+    done = subprocess.run(
+        [
+            "hey",
+            "-z",
+            f"{seconds}s",
+            "-c",
+            str(concurrency),
+            "-m",
+            "POST",
+            "-T",
+            "image/png",
+            "-D",
+            str(image_path),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = done.stdout
+    statuses = {int(code): int(n) for code, n in HEY_STATUS.findall(out)}
+    pct = {int(p): float(s) * 1000 for p, s in HEY_PCT.findall(out)}
+    return {
+        "req_per_s": float(HEY_RPS.search(out).group(1)),
+        "p50_ms": pct.get(50, float("nan")),
+        "p99_ms": pct.get(99, float("nan")),
+        "statuses": statuses,
+        "errors": "Error distribution" in out,
+    }
+
+
+def measure_server(
+    server: Server, port: int, image: bytes, image_path: Path, args: argparse.Namespace
+) -> dict[int, dict[str, Any]]:
+    url = f"http://127.0.0.1:{port}/predict"
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            server.command, env=server.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_ready(url, image, process, 120)
+            hey(url, image_path, max(args.concurrency), 1.0)  # warm-up, not counted
+            return {c: hey(url, image_path, c, args.seconds) for c in args.concurrency}
+        except Exception:
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace")[-3000:])
+            raise
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def raw_ort(model: Path, image: np.ndarray, threads: int, seconds: float) -> dict[str, float]:
+    """ONNX Runtime alone: the same decode-free tensor, one image per run, as fast as it goes."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    m = session.get_inputs()[0].shape[1]
+    out: dict[str, float] = {}
+    for batch in (1, 32):
+        x = np.ascontiguousarray(np.broadcast_to(image[None, None], (batch, m, *image.shape)))
+        for _ in range(20):
+            session.run(None, {"images": x})
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            session.run(None, {"images": x})
+            runs += 1
+        out[f"images_per_s_batch{batch}"] = runs * batch / (time.perf_counter() - started)
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", type=Path, default=ROOT / "models" / "mnist" / "1" / "model.onnx"
+    )
+    parser.add_argument(
+        "--image", type=Path, default=ROOT / "service" / "static" / "examples" / "clear.png"
+    )
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        default=["mimo", "mimo-nobatch", "mimo-2w", "plain", "litserve", "trivial"],
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--seconds", type=float, default=5.0, help="hey -z per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="MIMO_THREADS (0: the service's rule)"
+    )
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    if shutil.which("hey") is None:
+        parser.error("needs `hey` (Debian package hey)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    image = args.image.read_bytes()
+    import onnxruntime as ort
+    from PIL import Image
+
+    shape = (
+        ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
+        .get_inputs()[0]
+        .shape
+    )
+    pixels = (
+        Image.open(args.image).convert("L" if shape[2] == 1 else "RGB").resize((shape[4], shape[3]))
+    )
+    tensor = np.asarray(pixels, np.float32) / 255.0
+    tensor = tensor[None] if tensor.ndim == 2 else tensor.transpose(2, 0, 1)
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    raw: list[dict[str, float]] = []
+    for repeat in range(args.repeats):
+        for name in args.servers:
+            port = free_port()
+            server = servers(args.model, port, args.threads)[name]
+            print(f"[{repeat + 1}/{args.repeats}] {name}", file=sys.stderr)
+            for c, result in measure_server(server, port, image, args.image, args).items():
+                runs.setdefault((name, c), []).append(result)
+        raw.append(raw_ort(args.model, tensor, os.cpu_count() or 1, args.seconds / 2))
+    rows = []
+    for (name, c), results in runs.items():
+        rows.append(
+            {
+                "server": name,
+                "concurrency": c,
+                "runs": len(results),
+                "req_per_s": statistics.median(r["req_per_s"] for r in results),
+                "p50_ms": statistics.median(r["p50_ms"] for r in results),
+                "p99_ms": statistics.median(r["p99_ms"] for r in results),
+                "non_200": sum(
+                    n for r in results for code, n in r["statuses"].items() if code != 200
+                ),
+            }
+        )
+    for row in rows:
+        for ref in ("plain", "trivial"):
+            other = next(
+                (r for r in rows if r["server"] == ref and r["concurrency"] == row["concurrency"]),
+                None,
+            )
+            row[f"vs_{ref}"] = row["req_per_s"] / other["req_per_s"] if other else None
+    raw_median = {k: statistics.median(r[k] for r in raw) for k in raw[0]}
+    what = {name: servers(args.model, 0, args.threads)[name].what for name in args.servers}
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; model "
+        f"{args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model}; "
+        f"hey -z {args.seconds}s, medians of {args.repeats}"
+    )
+    print("| server | clients | req/s | x plain | x trivial | p50 ms | p99 ms | non-200 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in sorted(rows, key=lambda r: (r["concurrency"], args.servers.index(r["server"]))):
+        fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+        print(
+            f"| {r['server']} | {r['concurrency']} | {r['req_per_s']:.0f} | {fmt(r['vs_plain'])} | "
+            f"{fmt(r['vs_trivial'])} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_200']} |"
+        )
+    print(
+        f"\nONNX Runtime alone, no HTTP ({os.cpu_count()} threads): "
+        f"{raw_median['images_per_s_batch1']:.0f} images/s at batch 1, "
+        f"{raw_median['images_per_s_batch32']:.0f} at batch 32"
+    )
+    for name, text in what.items():
+        print(f"- `{name}`: {text}")
+    if args.out:
+        args.out.write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "raw_ort": raw_median,
+                    "servers": what,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
