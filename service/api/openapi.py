@@ -18,6 +18,7 @@ TEXT = {
     401: "missing or wrong API key (with MIMO_API_KEY set)",
     403: "repository control is off (MIMO_MODEL_CONTROL=none)",
     404: "unknown model or version",
+    408: "body not all received within MIMO_REQUEST_TIMEOUT_S (the connection closes)",
     409: "repository control refused: MIMO_WORKERS > 1 (each worker holds its own models)",
     413: "body over MIMO_MAX_BODY_BYTES",
     415: "unsupported content type",

@@ -30,7 +30,7 @@ REQUEST_BODY = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"file": {"type": "array", "items": _binary}},
+                    "properties": {"file": {"type": "array", "items": _binary["schema"]}},
                     "required": ["file"],
                 }
             },
@@ -43,6 +43,7 @@ ERRORS = {
         400: "empty, foreign, truncated or corrupt image; bad parameters",
         401: "missing or wrong API key",
         404: "unknown model or version",
+        408: "body not all received within the request timeout (the connection closes)",
         413: "body or image over the limits",
         415: "unsupported content type",
         429: "queue full (see Retry-After)",

@@ -83,7 +83,7 @@ async def _infer(
 @router.post(
     "/models/{name}/infer",
     dependencies=[ApiKey],
-    responses=errors(400, 401, 404, 413, 429, 503, 504),
+    responses=errors(400, 401, 404, 408, 413, 429, 503, 504),
     openapi_extra=INFER,
 )
 async def infer(
@@ -95,7 +95,7 @@ async def infer(
 @router.post(
     "/models/{name}/versions/{version}/infer",
     dependencies=[ApiKey],
-    responses=errors(400, 401, 404, 413, 429, 503, 504),
+    responses=errors(400, 401, 404, 408, 413, 429, 503, 504),
     openapi_extra=INFER,
 )
 async def infer_version(
