@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MNIST_DIR ?= ../shared/data/mnist
 RUNS ?= runs
 
-.PHONY: serve test lint audit default-model results clean
+.PHONY: serve test soak lint audit default-model results clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[cpu,train,dev]'
 	$(BIN)/ruff check .
 	MNIST_DIR=$(MNIST_DIR) $(BIN)/pytest -q
+
+# The load and soak tests at full size (tests/service/test_load.py; `make test` runs them small):
+# a burst of 1000 against a 16-image queue, 50,000 requests at c=64, 20 reloads under load.
+# Prints the figures (docs/reliability.md). ~10 min on 2 cores.
+soak: $(BIN)/python
+	bash .ci/system-deps
+	$(BIN)/pip install --quiet -e '.[cpu,train,dev]'
+	MIMO_SOAK_REQUESTS=50000 MIMO_SOAK_RELOADS=20 MIMO_BURST_REQUESTS=1000 \
+		$(BIN)/pytest -q -s -m soak
 
 # Known vulnerabilities in what the service installs (`.[cpu]`, resolved in a venv of its own),
 # from pypi.org's JSON API (or PIP_AUDIT_SERVICE=osv: api.osv.dev); fails on any finding and on
