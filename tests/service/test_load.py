@@ -435,9 +435,11 @@ def test_reloads_under_load_lose_nothing_and_each_answer_names_its_version(
 
     try:
         reference = reference_answers(service.url, samples, **auth)
+        rss_start = rss_bytes(service.pid)
         started = time.monotonic()
         outcomes, switches, report = asyncio.run(scenario())
         seconds = time.monotonic() - started
+        rss_end = rss_bytes(service.pid)
         server_ok = metric_value(
             service.url, "mimo_requests_total", endpoint="/predict", status="200"
         )
@@ -488,7 +490,11 @@ def test_reloads_under_load_lose_nothing_and_each_answer_names_its_version(
             ):
                 assert o.version == switch.serving, (o, switch)
                 windowed += 1
-    print(f"  answers checked against the version served between two loads: {windowed}")
+    print(
+        f"  answers checked against the version served between two loads: {windowed}; "
+        f"server RSS {rss_start / 2**20:.1f} MiB before the reloads, {rss_end / 2**20:.1f} MiB "
+        "after"
+    )
     assert windowed > len(outcomes) / 4, (windowed, len(outcomes))
 
     assert len(refused) == len(broken)
