@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from service.errors import BadRequest, PayloadTooLarge
 
@@ -27,6 +28,19 @@ RESAMPLE = {
 }
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _REDUCIBLE = {"L", "LA", "RGB", "RGBA", "CMYK", "YCbCr"}
+# EXIF orientation (tag 0x0112) -> the transposition that displays the image upright.
+_ORIENTATION = 0x0112
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# What Pillow raises on an EXIF block it cannot read.
+_BAD_EXIF = (struct.error, SyntaxError, ValueError, TypeError, KeyError, IndexError, OSError)
 
 
 def _describe(data: bytes, content_type: str | None) -> str:
@@ -90,9 +104,21 @@ def decode(
     return image
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """The image as its EXIF orientation says to show it; as stored when it has none, or when
+    the EXIF block cannot be read (ImageOps.exif_transpose also rewrites the block, and raised
+    struct.error on damaged ones: a 500)."""
+    try:
+        orientation = image.getexif().get(_ORIENTATION)
+    except _BAD_EXIF:
+        return image
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return image if method is None else image.transpose(method)
+
+
 def _to_mode(image: Image.Image, color: str) -> np.ndarray:
     """float32 [H, W, C] in [0, 1] in the requested color ("L" or "RGB")."""
-    image = ImageOps.exif_transpose(image) or image
+    image = upright(image)
     if image.mode in _SIXTEEN_BIT:
         # PIL's convert("L") clips 16-bit values instead of scaling them.
         gray = np.asarray(image, dtype=np.float32) / 65535.0

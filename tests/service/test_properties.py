@@ -155,6 +155,44 @@ def test_damaged_images(
     preprocessed_or_refused(mutate(data, edits), f"image/{fmt.lower()}", spec)
 
 
+@st.composite
+def exif_images(draw: st.DrawFn) -> tuple[bytes, int, int]:
+    """(file, start, end): an image whose EXIF block (orientation and a few tags) lies at
+    data[start:end]."""
+    fmt = draw(st.sampled_from(["JPEG", "PNG", "WEBP"]))
+    exif = Image.Exif()
+    exif[0x0112] = draw(st.integers(0, 10))  # orientation: 1-8, and out of range
+    exif[0x010F] = draw(st.text(max_size=20))  # make
+    exif[0x0131] = "mimo"  # software
+    image = Image.new("L", (draw(st.integers(1, 40)), draw(st.integers(1, 40))), 200)
+    data = encode_image(image, fmt, exif=exif.tobytes())
+    raw = exif.tobytes()[6:]  # after b"Exif\0\0", which PNG and WebP leave out
+    start = data.find(raw)
+    assume(start >= 0)
+    return data, start, start + len(raw)
+
+
+def encode_image(image: Image.Image, fmt: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@IMAGES
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+@pytest.mark.filterwarnings("ignore:Possibly corrupt EXIF")
+@given(exif_images(), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=6))
+def test_damaged_exif(image: tuple[bytes, int, int], edits: list[tuple[int, int]]) -> None:
+    """Bytes of the EXIF block flipped: the orientation is applied, ignored or refused (4xx)."""
+    data, start, end = image
+    out = bytearray(data)
+    for where, value in edits:
+        out[start + where % (end - start)] = value
+    preprocessed_or_refused(
+        bytes(out), None, {"color": "L", "resize": [8, 8], "resample": "nearest"}
+    )
+
+
 @FAST
 @given(st.integers(1, 5000), st.integers(1, 5000), st.integers(1, 4_000_000))
 def test_pixel_limit_is_read_from_the_header(width: int, height: int, limit: int) -> None:
@@ -433,3 +471,18 @@ def test_header_length_must_be_ascii_digits(header: str) -> None:
 def test_version_must_be_ascii_digits(version: str) -> None:
     with pytest.raises(NotFound, match="positive integer"):
         parse_version(version)
+
+
+def test_damaged_exif_is_ignored_not_a_500() -> None:
+    """The first EXIF entry's tag turned from Make (0x010F) into ImageWidth (0x0100), an
+    integer tag holding text: ImageOps.exif_transpose raised struct.error rewriting the block
+    (a 500). The orientation is still read and applied."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "maker"
+    data = bytearray(encode_image(Image.new("L", (16, 8), 200), "JPEG", exif=exif.tobytes()))
+    start = bytes(data).find(exif.tobytes()[6:])
+    data[start + 11] = 0  # header 8, count 2, tag 0x010F -> 0x0100
+    spec = {"color": "L", "resize": [16, 8], "resample": "nearest"}
+    x = preprocess(bytes(data), "image/jpeg", spec, MAX_PIXELS)
+    assert x.shape == (1, 8, 16) and abs(float(x.mean()) - 200 / 255) < 0.02
