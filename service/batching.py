@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class Pending:
     """One image waiting for its share of a forward pass."""
 
     image: np.ndarray  # float32 [C, H, W]
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Any]  # its row of the batch's result
     deadline: float  # time.monotonic() after which nobody waits for the answer
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -63,7 +64,7 @@ class BatchObserver:
 class DynamicBatcher:
     def __init__(
         self,
-        infer: Callable[[np.ndarray], np.ndarray],
+        infer: Callable[[np.ndarray], Sequence[Any]],
         executor: Executor,
         max_batch: int,
         max_delay_s: float,
@@ -81,8 +82,8 @@ class DynamicBatcher:
         self._closing = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def submit(self, images: list[np.ndarray], timeout_s: float) -> list[np.ndarray]:
-        """Logits [M, K] for each image, in order; 429 at once when the queue is full.
+    async def submit(self, images: list[np.ndarray], timeout_s: float) -> list[Any]:
+        """Each image's row of its batch's result, in order; 429 at once when the queue is full.
 
         `timeout_s` is what is left of the request's time budget.
         """
@@ -156,14 +157,14 @@ class DynamicBatcher:
         images = np.stack([item.image for item in batch])
         started = time.perf_counter()
         try:
-            logits = await asyncio.get_running_loop().run_in_executor(
+            results = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self.infer, images
             )
         except Exception:  # isolate the image that broke the batch
             await self._one_by_one(batch)
             return
         self.observer.on_batch(len(batch), time.perf_counter() - started)
-        for item, row in zip(batch, logits, strict=True):
+        for item, row in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(row)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prometheus_client import (
@@ -129,6 +131,18 @@ def forget_dead_workers(folder: str) -> list[int]:
     for pid in dead:
         multiprocess.mark_process_dead(pid, folder)
     return sorted(dead)
+
+
+@contextmanager
+def counted(labels: tuple[str, str]) -> Iterator[None]:
+    """Count an inference request of a model (`labels`: model, version) by outcome: its
+    4xx/5xx status, or 200."""
+    try:
+        yield
+    except Exception as exc:
+        MODEL_REQUESTS.labels(*labels, str(getattr(exc, "status_code", 500))).inc()
+        raise
+    MODEL_REQUESTS.labels(*labels, "200").inc()
 
 
 def exposition() -> tuple[bytes, str]:

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 
 from service import oip
+from service.encode import oip_tensors
 from service.errors import BadRequest, NotFound, quoted
 from service.pool import BatcherPool
-from service.predictions import observe
 from service.registry import ModelRegistry, ServedModel
-from service.uncertainty import MEASURES, ensemble_uncertainty
+from service.uncertainty import MEASURES
 
 SERVER = {
     "name": "mimo-serve",
@@ -109,17 +109,5 @@ async def infer(
     unknown = [o for o in outputs or () if o not in known]
     if unknown:  # before the forward pass: a refused request records no prediction
         raise BadRequest(f"unknown outputs {unknown}; this model has {sorted(known)}")
-    logits = await pool.infer(model, images, started)
-    u = ensemble_uncertainty(logits, model.contract.temperature)
-    flags = observe(model, u)
-    tensors = {
-        "probabilities": u.probabilities,
-        "member_probabilities": u.member_probabilities,
-        **u.measures(),
-        "kl_to_mean": u.kl_to_mean,
-    }
-    tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
-    tensors["uncertain"] = np.asarray(flags, dtype=np.bool_)
-    if outputs is not None:
-        tensors = {k: tensors[k] for k in outputs}
-    return tensors
+    rows = await pool.infer(model, images, started)
+    return oip_tensors(rows, known if outputs is None else outputs)

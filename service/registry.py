@@ -23,6 +23,7 @@ from service.contract import (
     contract_of,
 )
 from service.errors import BadRequest, NotFound, quoted
+from service.inference import forward, tile
 from service.runtime import ProviderError, create_session, provider_name
 
 log = logging.getLogger("mimo.registry")
@@ -37,13 +38,10 @@ class ServedModel:
     contract: ModelContract
     provider: str
 
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        """float32 [N, C, H, W] in [0, 1] -> logits [N, M, K]: one forward pass, tiled M times."""
-        m = self.contract.ensemble_size
-        tiled = np.ascontiguousarray(
-            np.broadcast_to(images[:, None], (len(images), m, *images.shape[1:]))
-        )
-        return self.session.run(["logits"], {"images": tiled})[0]
+    @property
+    def labels(self) -> tuple[str, str]:
+        """Its Prometheus labels: (model, version)."""
+        return self.name, str(self.version)
 
 
 @dataclass
@@ -71,7 +69,8 @@ def load_model(
     model = ServedModel(name, version, path, session, contract, provider_name(session))
     zeros = np.zeros((1, *contract.input_shape), np.float32)
     for batch in {1, warmup_batch}:
-        model.infer(np.repeat(zeros, batch, axis=0))  # warm-up: first runs allocate and tune
+        # warm-up: the first runs allocate and tune
+        forward(session, tile(np.repeat(zeros, batch, axis=0), contract.ensemble_size))
     return model
 
 

@@ -11,11 +11,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service import oip, oip_model
+from service import metrics, oip, oip_model
 from service.api.openapi import INFER, errors
 from service.deps import ApiKey, PoolDep, RegistryDep, SettingsDep
 from service.errors import BadRequest, Conflict, Forbidden
-from service.predictions import counted
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
@@ -57,7 +56,7 @@ async def _infer(
 ) -> Response:
     started = time.monotonic()
     model = registry.get(name, oip_model.parse_version(version))
-    with counted(model):
+    with metrics.counted(model.labels):
         parsed = oip.parse_request(await request.body(), request.headers.get(oip.HEADER))
         tensors = await oip_model.infer(
             model, pool, parsed.inputs, parsed.outputs, settings.max_images_per_request, started

@@ -23,7 +23,6 @@ from service.api.health import not_ready
 from service.auth import check_api_key
 from service.errors import BadRequest, ServiceError
 from service.oip_grpc import mimo_inference_pb2 as pb
-from service.predictions import counted
 from service.settings import Settings
 
 log = logging.getLogger("mimo.grpc")
@@ -134,7 +133,7 @@ class InferenceServicer:
         model = self.state.registry.get(
             request.model_name, oip_model.parse_version(request.model_version)
         )
-        with counted(model):
+        with metrics.counted(model.labels):
             tensors = await oip_model.infer(
                 model,
                 self.state.pool,

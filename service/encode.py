@@ -1,0 +1,99 @@
+"""Scored rows -> what goes back on the wire: /predict's JSON, or the OIP output tensors.
+
+Shared by every protocol: REST /predict and the Open Inference Protocol over REST and gRPC
+all answer from the rows the batcher handed back (service/postprocess.py).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from service.postprocess import Row
+from service.registry import ServedModel
+
+
+def prediction(
+    model: ServedModel,
+    row: Row,
+    filename: str | None,
+    top_k: int,
+    members: bool,
+    member_probabilities: bool,
+) -> dict[str, Any]:
+    """One image's entry of /predict's `predictions` (the schema is service.schemas.Prediction)."""
+    batch, i = row.batch, row.index
+    names = model.contract.labels
+    p = batch.probabilities[i]
+    order = batch.ranking[i][:top_k]
+    best = order[0]
+    answer: dict[str, Any] = {
+        "filename": filename,
+        "label": names[best],
+        "index": best,
+        "probability": p[best],
+        "top_k": [{"label": names[j], "index": j, "probability": p[j]} for j in order],
+        "uncertainty": batch.measures[i],
+        "uncertain": batch.flags[i],
+        "threshold": model.contract.thresholds["mutual_information"],
+        "members": None,
+    }
+    if members:
+        tops, probs, kls = batch.members
+        answer["members"] = [
+            {"label": names[j], "index": j, "probability": q, "kl_to_mean": kl}
+            for j, q, kl in zip(tops[i], probs[i], kls[i], strict=True)
+        ]
+    if member_probabilities:
+        answer["member_probabilities"] = batch.u.member_probabilities[i].tolist()
+    return answer
+
+
+def predict_answer(
+    model: ServedModel,
+    rows: list[Row],
+    filenames: list[str | None],
+    top_k: int,
+    members: bool,
+    member_probabilities: bool,
+) -> bytes:
+    """The JSON body of /predict (service.schemas.PredictResponse), without a model pass."""
+    body = {
+        "model": model.name,
+        "version": model.version,
+        "ensemble_size": model.contract.ensemble_size,
+        "predictions": [
+            prediction(model, row, name, top_k, members, member_probabilities)
+            for row, name in zip(rows, filenames, strict=True)
+        ],
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def gather(rows: list[Row], name: str) -> np.ndarray:
+    """Output `name` of the request's images, stacked; a slice when they are one run of one
+    batch (the usual case: a request's images queue together)."""
+    first = rows[0]
+    source = first.batch.uncertain if name == "uncertain" else getattr(first.batch.u, name)
+    if all(r.batch is first.batch for r in rows):
+        start = first.index
+        if [r.index for r in rows] == list(range(start, start + len(rows))):
+            return source[start : start + len(rows)]
+    return np.stack(
+        [
+            (r.batch.uncertain if name == "uncertain" else getattr(r.batch.u, name))[r.index]
+            for r in rows
+        ]
+    )
+
+
+def oip_tensors(rows: list[Row], names: list[str]) -> dict[str, np.ndarray]:
+    """The OIP output tensors `names` (service.oip_model.output_specs), in that order: FP32,
+    and BOOL for `uncertain`."""
+    tensors = {}
+    for name in names:
+        array = gather(rows, name)
+        tensors[name] = array.astype(np.bool_ if name == "uncertain" else np.float32, copy=False)
+    return tensors

@@ -1,0 +1,107 @@
+"""Logits of a batch -> everything an answer needs, once per batch, off the event loop.
+
+The uncertainty measures are computed for the whole batch with one set of numpy calls, the
+Prometheus distributions are recorded, and the values the JSON answers print are turned into
+Python numbers here, in the inference thread, so that each request only picks its rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from service import metrics
+from service.contract import ModelContract
+from service.uncertainty import MEASURES, EnsembleUncertainty, ensemble_uncertainty
+
+
+@dataclass(frozen=True)
+class Row:
+    """One image's share of a scored batch."""
+
+    batch: Scored
+    index: int
+
+
+class Scored:
+    """A batch's uncertainty measures and `uncertain` flags; row i answers image i."""
+
+    def __init__(self, u: EnsembleUncertainty, uncertain: np.ndarray) -> None:
+        self.u = u
+        self.uncertain = uncertain
+
+    def __len__(self) -> int:
+        return len(self.uncertain)
+
+    def __getitem__(self, index: int) -> Row:
+        return Row(self, index)
+
+    def __iter__(self) -> Iterator[Row]:
+        return (Row(self, i) for i in range(len(self)))
+
+    # What /predict prints, as Python numbers, converted once for the batch.
+    @cached_property
+    def probabilities(self) -> list[list[float]]:
+        return self.u.probabilities.tolist()
+
+    @cached_property
+    def ranking(self) -> list[list[int]]:
+        """Classes by decreasing ensemble probability (ties: lower index first)."""
+        return np.argsort(-self.u.probabilities, axis=1, kind="stable").tolist()
+
+    @cached_property
+    def members(self) -> tuple[list[list[int]], list[list[float]], list[list[float]]]:
+        """Each head's top class, its probability and the head's KL to the mean: [N][M]."""
+        top = self.u.member_probabilities.argmax(axis=-1)  # [N, M]
+        p = np.take_along_axis(self.u.member_probabilities, top[..., None], axis=-1)[..., 0]
+        return top.tolist(), p.tolist(), self.u.kl_to_mean.tolist()
+
+    @cached_property
+    def measures(self) -> list[dict[str, float]]:
+        columns = [getattr(self.u, name).tolist() for name in MEASURES]
+        return [dict(zip(MEASURES, values, strict=True)) for values in zip(*columns, strict=True)]
+
+    @cached_property
+    def flags(self) -> list[bool]:
+        return self.uncertain.tolist()
+
+    def prepare(self) -> Scored:
+        """Convert what every /predict answer prints (call it in the inference thread)."""
+        for name in ("probabilities", "ranking", "members", "measures", "flags"):
+            getattr(self, name)
+        return self
+
+
+def score(contract: ModelContract, logits: np.ndarray, labels: tuple[str, str]) -> Scored:
+    """logits [N, M, K] -> the batch scored and its distributions recorded under `labels`
+    (model, version)."""
+    u = ensemble_uncertainty(logits, contract.temperature)
+    flags = u.mutual_information > contract.thresholds["mutual_information"]
+    observe(u, flags, contract.labels, labels)
+    return Scored(u, flags)
+
+
+def observe(
+    u: EnsembleUncertainty, flags: np.ndarray, names: tuple[str, ...], labels: tuple[str, str]
+) -> None:
+    """Record the batch's uncertainty distributions and predicted classes."""
+    mi = metrics.MUTUAL_INFORMATION.labels(*labels)
+    entropy = metrics.PREDICTIVE_ENTROPY.labels(*labels)
+    disagreement = metrics.DISAGREEMENT.labels(*labels)
+    for m, h, d in zip(
+        u.mutual_information.tolist(),
+        u.predictive_entropy.tolist(),
+        u.disagreement.tolist(),
+        strict=True,
+    ):
+        mi.observe(m)
+        entropy.observe(h)
+        disagreement.observe(d)
+    counts = np.bincount(u.probabilities.argmax(axis=1), minlength=len(names))
+    for index in np.flatnonzero(counts).tolist():
+        metrics.PREDICTIONS.labels(*labels, names[index]).inc(int(counts[index]))
+    # Touched even when 0: the uncertain share (alerts, dashboard) needs the series to exist.
+    metrics.UNCERTAIN.labels(*labels).inc(int(flags.sum()))
