@@ -22,8 +22,10 @@ which cancels most of the drift of a shared machine.
 
 FLOPs are counted, not estimated: forward hooks on every Conv2d and Linear add up their
 multiply-accumulates for one image (FLOPs = 2 x MACs). The machine's fp32 peak is measured here
-too: torch's sgemm on a `--peak-size` square matrix, at each thread count, before and after the
-timings (the better median of the two counts).
+too, as torch's sgemm of a `--peak-size` square matrix: alone at each thread count before and
+after the timings (the header: the better median of the two), and as one more variant taking
+turns in every cell, at the cell's thread count. "% of peak" is against that side-by-side
+sgemm (median of the per-repeat ratios), so that a machine busy with other work lowers both.
 """
 
 from __future__ import annotations
@@ -188,30 +190,33 @@ def count_macs(model: MimoNetwork) -> dict[str, int]:
 # --- the machine's fp32 peak -----------------------------------------------------------------
 
 
+def sgemm_runner(size: int, threads: int) -> tuple[Callable[[Any], Any], float]:
+    """A call of torch's fp32 matmul of two size x size matrices on `threads` threads (the
+    argument is ignored, so that it takes turns with the networks), and its FLOPs."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(size, size, generator=gen)
+    b = torch.rand(size, size, generator=gen)
+    out = torch.empty(size, size)
+
+    def run(_: Any = None) -> Any:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return torch.mm(a, b, out=out)
+        finally:
+            torch.set_num_threads(before)
+
+    return run, 2.0 * size**3
+
+
 def sgemm_gflops(size: int, threads: int, repeats: int, sample_s: float) -> dict[str, Any]:
-    """torch fp32 matmul of two size x size matrices: GFLOP/s, median of `repeats` samples
-    (at least 3) of at least `sample_s` seconds (at least 0.05) each."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        gen = torch.Generator().manual_seed(0)
-        a = torch.rand(size, size, generator=gen)
-        b = torch.rand(size, size, generator=gen)
-        out = torch.empty(size, size)
-        flops = 2.0 * size**3
-        torch.mm(a, b, out=out)  # warm-up
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        calls = max(1, math.ceil(max(sample_s, 0.05) / (time.perf_counter() - start)))
-        samples = []
-        for _ in range(max(3, repeats)):
-            start = time.perf_counter()
-            for _ in range(calls):
-                torch.mm(a, b, out=out)
-            samples.append(flops * calls / (time.perf_counter() - start) / 1e9)
-        return {"gflops": statistics.median(samples), "samples": samples}
-    finally:
-        torch.set_num_threads(before)
+    """GFLOP/s of the sgemm alone: median of `repeats` samples (at least 3) of at least
+    `sample_s` seconds (at least 0.05) each."""
+    run, flops = sgemm_runner(size, threads)
+    run()  # warm-up
+    calls = calls_per_sample(run, None, max(sample_s, 0.05))
+    samples = [flops / sample_ms(run, None, calls) / 1e6 for _ in range(max(3, repeats))]
+    return {"gflops": statistics.median(samples), "samples": samples}
 
 
 # --- networks, sessions, timing --------------------------------------------------------------
@@ -268,14 +273,14 @@ def ensemble_runner(sessions: list[ort.InferenceSession]) -> Callable[[np.ndarra
     return run
 
 
-def calls_per_sample(run: Callable[[np.ndarray], Any], images: np.ndarray, sample_s: float) -> int:
+def calls_per_sample(run: Callable[[Any], Any], images: Any, sample_s: float) -> int:
     start = time.perf_counter()
     run(images)
     once = time.perf_counter() - start
     return max(1, math.ceil(sample_s / max(once, 1e-7)))
 
 
-def sample_ms(run: Callable[[np.ndarray], Any], images: np.ndarray, calls: int) -> float:
+def sample_ms(run: Callable[[Any], Any], images: Any, calls: int) -> float:
     start = time.perf_counter()
     for _ in range(calls):
         run(images)
@@ -338,10 +343,12 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 macs = count_macs(model)
                 flops[m] = {k: 2 * v for k, v in macs.items()}
                 mimo_paths[m] = export_to(model, folder / f"mimo-{m}.onnx")
-            member_paths = [
-                export_to(make_network(spec, 1, args.seed + 1 + i), folder / f"member-{i}.onnx")
-                for i in range(max_m if ensemble_sizes else 0)
-            ]
+            member_paths = []
+            for i in range(max_m if ensemble_sizes else 0):
+                member = make_network(spec, 1, args.seed + 1 + i)
+                member_paths.append(export_to(member, folder / f"member-{i}.onnx"))
+            if member_paths:
+                member_flops = 2 * count_macs(member)["total"]
             single = flops[1]["total"] if 1 in flops else None
             networks[net_name] = {
                 "about": spec.about,
@@ -368,10 +375,15 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     runners[f"mimo-{m}"] = mimo_runner(session, m)
                 for m in ensemble_sizes:
                     runners[f"ensemble-{m}"] = ensemble_runner(member_sessions[:m])
+                # The sgemm takes its turn with the networks: the same load on the machine.
+                runners["sgemm"], sgemm_flops = sgemm_runner(args.peak_size, threads)
                 for batch in args.batches:
                     images = rng.random((batch, *spec.input_shape), dtype=np.float32)
                     cell = measure_cell(runners, images, args)
-                    rows += cell_rows(net_name, threads, batch, cell, flops, args)
+                    sgemm = [sgemm_flops / ms / 1e6 for ms in cell.pop("sgemm")]
+                    work = {f"mimo-{m}": flops[m]["total"] for m in args.members}
+                    work |= {f"ensemble-{m}": m * member_flops for m in ensemble_sizes}
+                    rows += cell_rows(net_name, threads, batch, cell, work, sgemm)
                     print(
                         f"  {net_name}, {threads} thread(s), batch {batch}: done",
                         file=sys.stderr,
@@ -390,9 +402,6 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         }
         for t in peak_threads
     }
-    for row in rows:
-        p = peak[str(row["threads"])]["gflops"]
-        row["percent_of_peak"] = 100.0 * row["gflops_per_s"] / p
     return {
         "machine": {
             "cpu": cpu_model(),
@@ -429,19 +438,18 @@ def cell_rows(
     threads: int,
     batch: int,
     cell: dict[str, list[float]],
-    flops: dict[int, dict[str, int]],
-    args: argparse.Namespace,
+    flops: dict[str, int],
+    sgemm: list[float],
 ) -> list[dict[str, Any]]:
+    """The table's rows of one (network, threads, batch): `cell` holds each variant's ms per
+    call, `flops` its FLOPs per image, `sgemm` the GFLOP/s of the sgemm taking turns with them."""
     base = cell.get("mimo-1")
     out = []
     for name, samples in cell.items():
         kind, m_text = name.split("-")
         m = int(m_text)
         ms = statistics.median(samples)
-        if kind == "mimo":
-            flops_image = flops[m]["total"]
-        else:  # M separate M=1 networks
-            flops_image = m * flops[1]["total"] if 1 in flops else None
+        achieved = [flops[name] * batch / x / 1e6 for x in samples]  # GFLOP/s, per repeat
         mimo_same_m = cell.get(f"mimo-{m}")
         row = {
             "network": net_name,
@@ -458,8 +466,11 @@ def cell_rows(
                 if kind == "ensemble" and mimo_same_m is not None
                 else None
             ),
-            "gflop_per_image": None if flops_image is None else flops_image / 1e9,
-            "gflops_per_s": None if flops_image is None else flops_image * batch / ms / 1e6,
+            "gflop_per_image": flops[name] / 1e9,
+            "gflops_per_s": flops[name] * batch / ms / 1e6,
+            # against the sgemm measured side by side, at the same thread count
+            "sgemm_gflops_per_s": statistics.median(sgemm),
+            "percent_of_peak": 100.0 * median_ratio(achieved, sgemm),
         }
         out.append(row)
     order = {"mimo": 0, "ensemble": 1}
@@ -506,14 +517,15 @@ def markdown(result: dict[str, Any]) -> str:
     peak = result["peak_sgemm"]
     lines = [
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; "
-        f"onnxruntime {result['machine']['onnxruntime']}. fp32 sgemm peak (torch, "
-        f"{result['settings']['peak_size']}^2): "
+        f"onnxruntime {result['machine']['onnxruntime']}; 1-minute load "
+        f"{result['machine']['load_before']:.1f} before, {result['machine']['load_after']:.1f} "
+        f"after. fp32 sgemm alone (torch, {result['settings']['peak_size']}^2): "
         + ", ".join(f"{float(v['gflops']):.0f} GFLOP/s at {t} thread(s)" for t, v in peak.items())
-        + ".",
+        + ". % of peak: against the sgemm run side by side (last column).",
         "",
         "| network | threads | batch | model | ms/batch | images/s | x M=1 | ensemble/MIMO "
-        "| GFLOP/image | GFLOP/s | % of peak |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| GFLOP/image | GFLOP/s | % of peak | sgemm GFLOP/s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         model = f"MIMO M={r['members']}" if r["kind"] == "mimo" else f"ensemble {r['members']}xM=1"
@@ -522,7 +534,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {fmt(r['ms_per_batch'], 3)} | {fmt(r['images_per_s'], 0)} "
             f"| {fmt(r['ratio_to_m1'])} | {fmt(r['ensemble_over_mimo'])} "
             f"| {fmt(r['gflop_per_image'], 4)} | {fmt(r['gflops_per_s'], 1)} "
-            f"| {fmt(r['percent_of_peak'], 1)} |"
+            f"| {fmt(r['percent_of_peak'], 1)} | {fmt(r['sgemm_gflops_per_s'], 0)} |"
         )
     if result["targets"]:
         lines += [
