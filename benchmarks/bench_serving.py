@@ -43,6 +43,7 @@ class Server:
     what: str
     command: list[str]
     env: dict[str, str]
+    cwd: Path = ROOT
 
 
 def free_port() -> int:
@@ -51,7 +52,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def servers(model: Path, port: int, threads: int) -> dict[str, Server]:
+def servers(
+    model: Path, port: int, threads: int, trees: list[Path] | None = None
+) -> dict[str, Server]:
     """Every server the benchmark knows, listening on `port`."""
     repo = model.parent.parent.parent  # <repo>/<name>/<version>/model.onnx
     name = model.parent.parent.name
@@ -76,7 +79,19 @@ def servers(model: Path, port: int, threads: int) -> dict[str, Server]:
         "--no-access-log",
     ]
     plain_env = base | {"MODEL": str(model)}
-    return {
+    # The service as another checkout has it (`git worktree add /tmp/before <commit>`): the
+    # "before" of a change, measured in the same run.
+    other = {
+        f"mimo@{tree.name}": Server(
+            f"mimo@{tree.name}",
+            f"this service as in {tree}",
+            [PY, "-m", "service"],
+            mimo | {"PYTHONPATH": str(tree)},
+            tree,
+        )
+        for tree in trees or []
+    }
+    return other | {
         "mimo": Server("mimo", "this service, defaults", [PY, "-m", "service"], mimo),
         "mimo-nobatch": Server(
             "mimo-nobatch",
@@ -184,7 +199,7 @@ def measure_server(
     url = f"http://127.0.0.1:{port}/predict"
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            server.command, env=server.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            server.command, env=server.env, cwd=server.cwd, stdout=log, stderr=subprocess.STDOUT
         )
         try:
             wait_ready(url, image, process, 120)
@@ -242,6 +257,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=0, help="MIMO_THREADS (0: the service's rule)"
     )
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="other checkouts of this repository to serve too, as server mimo@<folder name> "
+        "(name it in --servers)",
+    )
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if shutil.which("hey") is None:
@@ -270,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     for repeat in range(args.repeats):
         for name in args.servers:
             port = free_port()
-            server = servers(args.model, port, args.threads)[name]
+            server = servers(args.model, port, args.threads, args.tree)[name]
             print(f"[{repeat + 1}/{args.repeats}] {name}", file=sys.stderr)
             for c, result in measure_server(server, port, image, args.image, args).items():
                 runs.setdefault((name, c), []).append(result)
@@ -298,7 +321,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             row[f"vs_{ref}"] = row["req_per_s"] / other["req_per_s"] if other else None
     raw_median = {k: statistics.median(r[k] for r in raw) for k in raw[0]}
-    what = {name: servers(args.model, 0, args.threads)[name].what for name in args.servers}
+    catalogue = servers(args.model, 0, args.threads, args.tree)
+    what = {name: catalogue[name].what for name in args.servers}
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; model "
         f"{args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model}; "
