@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from service.postprocess import Row
+from service.postprocess import Packed, Row
 from service.registry import ServedModel
 
 
@@ -23,7 +23,11 @@ def prediction(
     members: bool,
     member_probabilities: bool,
 ) -> dict[str, Any]:
-    """One image's entry of /predict's `predictions` (the schema is service.schemas.Prediction)."""
+    """One image's entry of /predict's `predictions` (the schema is service.schemas.Prediction).
+
+    A packed row has one head's answer: `head` says which, and there is no ensemble
+    uncertainty (`uncertainty`, `uncertain` and `members` are null).
+    """
     batch, i = row.batch, row.index
     names = model.contract.labels
     p = batch.probabilities[i]
@@ -35,11 +39,16 @@ def prediction(
         "index": best,
         "probability": p[best],
         "top_k": [{"label": names[j], "index": j, "probability": p[j]} for j in order],
-        "uncertainty": batch.measures[i],
-        "uncertain": batch.flags[i],
+        "uncertainty": None,
+        "uncertain": None,
         "threshold": model.contract.thresholds["mutual_information"],
         "members": None,
     }
+    if isinstance(batch, Packed):
+        answer["head"] = int(batch.heads[i])
+        return answer
+    answer["uncertainty"] = batch.measures[i]
+    answer["uncertain"] = batch.flags[i]
     if members:
         tops, probs, kls = batch.members
         answer["members"] = [
@@ -64,6 +73,7 @@ def predict_answer(
         "model": model.name,
         "version": model.version,
         "ensemble_size": model.contract.ensemble_size,
+        "mode": "packed" if rows and isinstance(rows[0].batch, Packed) else "ensemble",
         "predictions": [
             prediction(model, row, name, top_k, members, member_probabilities)
             for row, name in zip(rows, filenames, strict=True)

@@ -11,31 +11,24 @@ import numpy as np
 
 from service import metrics
 from service.batching import BatchObserver, DynamicBatcher
-from service.inference import forward, tile
-from service.postprocess import Row, Scored, score
+from service.inference import forward, pack, tile
+from service.postprocess import Packed, Row, Scored, score, score_packed
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings
 
 
-def observer_for(model: ServedModel) -> BatchObserver:
-    batch_size = metrics.BATCH_SIZE.labels(*model.labels)
-    return BatchObserver(
-        on_batch=lambda size, seconds: batch_size.observe(size),
-        on_queue_wait=metrics.QUEUE_DURATION.labels(*model.labels).observe,
-        on_queue_depth=metrics.QUEUE_DEPTH.labels(*model.labels).set,
-    )
-
-
-def batch_function(model: ServedModel) -> Callable[[np.ndarray], Scored]:
-    """What the batcher runs in the inference thread for each batch [N, C, H, W]: tile, one
-    forward pass (timed alone: mimo_inference_duration_seconds), then the postprocessing."""
+def batch_function(model: ServedModel, packed: bool) -> Callable[[np.ndarray], Scored | Packed]:
+    """What the batcher runs in the inference thread for each batch [N, C, H, W]: tile (or
+    pack), one forward pass (timed alone: mimo_inference_duration_seconds), postprocess."""
     inference = metrics.INFERENCE_DURATION.labels(*model.labels)
     m = model.contract.ensemble_size
 
-    def run(images: np.ndarray) -> Scored:
+    def run(images: np.ndarray) -> Scored | Packed:
         started = time.perf_counter()
-        logits = forward(model.session, tile(images, m))
+        logits = forward(model.session, pack(images, m) if packed else tile(images, m))
         inference.observe(time.perf_counter() - started)
+        if packed:
+            return score_packed(model.contract, logits, len(images), model.labels).prepare()
         return score(model.contract, logits, model.labels).prepare()
 
     return run
@@ -47,7 +40,9 @@ class BatcherPool:
         self.settings = settings
         # One inference at a time per process: ONNX Runtime already uses every core it is given.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._batchers: dict[ServedModel, DynamicBatcher] = {}
+        # (model, packed) -> its queue: ensemble and packed requests batch apart, and take
+        # turns on the one inference thread.
+        self._batchers: dict[tuple[ServedModel, bool], DynamicBatcher] = {}
         self._published: set[ServedModel] = set()
         self.publish()
 
@@ -63,24 +58,43 @@ class BatcherPool:
             )
         self._published = served
 
-    def get(self, model: ServedModel) -> DynamicBatcher:
-        batcher = self._batchers.get(model)
+    def observer_for(self, model: ServedModel) -> BatchObserver:
+        batch_size = metrics.BATCH_SIZE.labels(*model.labels)
+        depth = metrics.QUEUE_DEPTH.labels(*model.labels)
+
+        def on_queue_depth(_: int) -> None:  # the model's queues together, both modes
+            depth.set(sum(len(b.queue) for (m, _), b in self._batchers.items() if m is model))
+
+        return BatchObserver(
+            on_batch=lambda size, seconds: batch_size.observe(size),
+            on_queue_wait=metrics.QUEUE_DURATION.labels(*model.labels).observe,
+            on_queue_depth=on_queue_depth,
+        )
+
+    def get(self, model: ServedModel, packed: bool = False) -> DynamicBatcher:
+        batcher = self._batchers.get((model, packed))
         if batcher is None:
             batcher = DynamicBatcher(
-                batch_function(model),
+                batch_function(model, packed),
                 self.executor,
-                self.settings.max_batch_size,
+                # a packed forward pass holds M images per row
+                self.settings.max_batch_size * (model.contract.ensemble_size if packed else 1),
                 self.settings.max_queue_delay_ms / 1000.0,
                 self.settings.max_queue_size,
-                observer_for(model),
+                self.observer_for(model),
             )
-            self._batchers[model] = batcher
+            self._batchers[model, packed] = batcher
         return batcher
 
     async def infer(
-        self, model: ServedModel, images: list[np.ndarray], started: float | None = None
+        self,
+        model: ServedModel,
+        images: list[np.ndarray],
+        started: float | None = None,
+        packed: bool = False,
     ) -> list[Row]:
-        """Each image's scored row, through the model's batching queue.
+        """Each image's scored row, through the model's batching queue (its packed queue with
+        `packed`).
 
         `started` (time.monotonic() when the request arrived) makes the timeout cover the
         time already spent reading and decoding it.
@@ -88,13 +102,13 @@ class BatcherPool:
         budget = self.settings.request_timeout_s
         if started is not None:
             budget -= time.monotonic() - started
-        batcher = self.get(model)
+        batcher = self.get(model, packed)
         rows = await batcher.submit(images, budget)
         if not batcher.queue and model not in self.registry.models():
             # This request picked the model just before a reload swapped it out: nothing else
             # queues on this batcher, so stop it rather than keep the old session alive.
-            if self._batchers.get(model) is batcher:
-                del self._batchers[model]
+            if self._batchers.get((model, packed)) is batcher:
+                del self._batchers[model, packed]
             await batcher.close()
         return rows
 
@@ -102,8 +116,8 @@ class BatcherPool:
         """Drain and stop the batchers of models the registry no longer serves (after a swap)."""
         self.publish()
         served = set(self.registry.models())
-        stale = [m for m in self._batchers if m not in served]
-        await asyncio.gather(*(self._batchers.pop(m).close() for m in stale))
+        stale = [key for key in self._batchers if key[0] not in served]
+        await asyncio.gather(*(self._batchers.pop(key).close() for key in stale))
 
     async def close(self) -> None:
         await asyncio.gather(*(b.close() for b in self._batchers.values()))

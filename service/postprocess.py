@@ -3,6 +3,9 @@
 The uncertainty measures are computed for the whole batch with one set of numpy calls, the
 Prometheus distributions are recorded, and the values the JSON answers print are turned into
 Python numbers here, in the inference thread, so that each request only picks its rows.
+
+Packed batches (M different images in the M slots of one row, each answered by its own
+slot's head) have one head's probabilities per image and no ensemble uncertainty: `Packed`.
 """
 
 from __future__ import annotations
@@ -15,14 +18,14 @@ import numpy as np
 
 from service import metrics
 from service.contract import ModelContract
-from service.uncertainty import MEASURES, EnsembleUncertainty, ensemble_uncertainty
+from service.uncertainty import MEASURES, EnsembleUncertainty, ensemble_uncertainty, softmax
 
 
 @dataclass(frozen=True)
 class Row:
     """One image's share of a scored batch."""
 
-    batch: Scored
+    batch: Scored | Packed
     index: int
 
 
@@ -105,3 +108,46 @@ def observe(
         metrics.PREDICTIONS.labels(*labels, names[index]).inc(int(counts[index]))
     # Touched even when 0: the uncertain share (alerts, dashboard) needs the series to exist.
     metrics.UNCERTAIN.labels(*labels).inc(int(flags.sum()))
+
+
+class Packed:
+    """A packed batch: image i was in slot `heads[i]` and that head alone answers it."""
+
+    def __init__(self, probabilities: np.ndarray, heads: np.ndarray) -> None:
+        self.p = probabilities  # [N, K]
+        self.heads = heads  # [N]
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def __getitem__(self, index: int) -> Row:
+        return Row(self, index)
+
+    def __iter__(self) -> Iterator[Row]:
+        return (Row(self, i) for i in range(len(self)))
+
+    @cached_property
+    def probabilities(self) -> list[list[float]]:
+        return self.p.tolist()
+
+    @cached_property
+    def ranking(self) -> list[list[int]]:
+        return np.argsort(-self.p, axis=1, kind="stable").tolist()
+
+    def prepare(self) -> Packed:
+        """Convert what every /predict answer prints (call it in the inference thread)."""
+        for name in ("probabilities", "ranking"):
+            getattr(self, name)
+        return self
+
+
+def score_packed(
+    contract: ModelContract, logits: np.ndarray, n: int, names: tuple[str, str]
+) -> Packed:
+    """Packed logits [rows, M, K] -> the first `n` images' own-head probabilities."""
+    per_image = logits.reshape(-1, logits.shape[-1])[:n]  # row-major: image i = row i//M, slot i%M
+    p = softmax(per_image, contract.temperature)
+    counts = np.bincount(p.argmax(axis=1), minlength=len(contract.labels))
+    for index in np.flatnonzero(counts).tolist():
+        metrics.PREDICTIONS.labels(*names, contract.labels[index]).inc(int(counts[index]))
+    return Packed(p, np.arange(n) % logits.shape[1])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -29,10 +31,19 @@ class Prediction(BaseModel):
     index: int
     probability: float
     top_k: list[ClassProbability]
-    uncertainty: Uncertainty
-    uncertain: bool = Field(description="mutual information above the model's threshold")
+    uncertainty: Uncertainty | None = Field(
+        description="the heads' disagreement; null in packed mode (one head answered)"
+    )
+    uncertain: bool | None = Field(
+        description="mutual information above the model's threshold; null in packed mode"
+    )
     threshold: float = Field(description="the model's mutual-information threshold")
-    members: list[MemberPrediction] | None = None
+    members: list[MemberPrediction] | None = Field(
+        None, description="each head's answer (`members=true`, ensemble mode)"
+    )
+    head: int | None = Field(
+        None, description="packed mode only: the head (input slot) that answered this image"
+    )
     member_probabilities: list[list[float]] | None = Field(
         None,
         description="each head's probabilities over all classes, [M][K] in label order; "
@@ -44,6 +55,10 @@ class PredictResponse(BaseModel):
     model: str
     version: int
     ensemble_size: int
+    mode: Literal["ensemble", "packed"] = Field(
+        description="ensemble: each image in all M slots, the mean of the M heads and their "
+        "disagreement; packed: M images share a forward pass, each answered by its own head"
+    )
     predictions: list[Prediction]
 
     model_config = {
@@ -53,6 +68,7 @@ class PredictResponse(BaseModel):
                     "model": "mnist",
                     "version": 1,
                     "ensemble_size": 3,
+                    "mode": "ensemble",
                     "predictions": [
                         {
                             "filename": "seven.png",

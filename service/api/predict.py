@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
@@ -113,6 +113,15 @@ async def predict(
     member_probabilities: Annotated[
         bool, Query(description="include each head's probabilities over all classes")
     ] = False,
+    mode: Annotated[
+        Literal["ensemble", "packed"],
+        Query(
+            description="ensemble: one image per forward-pass row, tiled into the M slots, "
+            "answered by the mean of the M heads with their disagreement. packed: M images "
+            "per row, each answered by its own slot's head: up to M times the images/s when "
+            "requests queue, no ensemble and no uncertainty"
+        ),
+    ] = "ensemble",
 ) -> Response:
     started = time.monotonic()
     served = registry.get(model or settings.default_model, version)
@@ -135,7 +144,7 @@ async def predict(
             images = decode_all()  # tens of microseconds: less than a hop to a thread
         else:  # big images: decoding is real CPU work, keep it off the event loop
             images = await asyncio.get_running_loop().run_in_executor(None, decode_all)
-        rows = await pool.infer(served, images, started)
+        rows = await pool.infer(served, images, started, packed=mode == "packed")
     body = predict_answer(
         served, rows, [u[0] for u in uploads], top_k, members, member_probabilities
     )
