@@ -24,15 +24,16 @@ class MimoAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         self.session = ort.InferenceSession(self.model, providers=["CPUExecutionProvider"])
-        _, self.m, _, self.h, self.w = self.session.get_inputs()[0].shape
+        _, self.m, self.c, self.h, self.w = self.session.get_inputs()[0].shape
 
     # A raw image body: LitServe reads it when the parameter declares the media type.
     def decode_request(self, request: Annotated[bytes, Body(media_type="image/png")]) -> np.ndarray:
-        image = Image.open(io.BytesIO(request)).convert("L").resize((self.w, self.h))
-        return np.asarray(image, np.float32)[None] / 255.0  # [1, H, W]
+        image = Image.open(io.BytesIO(request)).convert("L" if self.c == 1 else "RGB")
+        pixels = np.asarray(image.resize((self.w, self.h)), np.float32) / 255.0
+        return pixels[None] if self.c == 1 else pixels.transpose(2, 0, 1)  # [C, H, W]
 
     def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
-        return np.stack(inputs)  # [N, 1, H, W]
+        return np.stack(inputs)  # [N, C, H, W]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         tiled = np.repeat(x[:, None], self.m, axis=1)  # [N, M, 1, H, W]

@@ -23,8 +23,9 @@ app = FastAPI()
 
 @app.post("/predict")
 async def predict(request: Request) -> dict:
-    image = Image.open(io.BytesIO(await request.body())).convert("L").resize((W, H))
-    x = np.asarray(image, np.float32)[None, None] / 255.0  # [1, 1, H, W]
+    image = Image.open(io.BytesIO(await request.body())).convert("L" if C == 1 else "RGB")
+    pixels = np.asarray(image.resize((W, H)), np.float32) / 255.0  # [H, W] or [H, W, 3]
+    x = (pixels[None] if C == 1 else pixels.transpose(2, 0, 1))[None]  # [1, C, H, W]
     tiled = np.repeat(x[:, None], M, axis=1)  # [1, M, 1, H, W]
     logits = session.run(None, {"images": tiled})[0][0]  # [M, K]
     p = np.exp(logits - logits.max(-1, keepdims=True))
