@@ -70,6 +70,7 @@ class DynamicBatcher:
         max_delay_s: float,
         max_queue: int,
         observer: BatchObserver | None = None,
+        inline_below_s: float = 0.0,
     ) -> None:
         self.infer = infer
         self.executor = executor
@@ -77,6 +78,10 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self.observer = observer or BatchObserver()
+        # A lone image whose batches have taken less than this (moving average) runs on the
+        # event loop: the hop to the inference thread and back costs more than such a pass.
+        self.inline_below_s = inline_below_s
+        self._recent_s = float("inf")  # moving average of a batch's time, once there is one
         self.queue: deque[Pending] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -157,13 +162,24 @@ class DynamicBatcher:
         images = np.stack([item.image for item in batch])
         started = time.perf_counter()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.infer, images
-            )
+            if len(batch) == 1 and self._recent_s < self.inline_below_s:
+                results = self.infer(images)
+            else:
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self.infer, images
+                )
         except Exception:  # isolate the image that broke the batch
             await self._one_by_one(batch)
             return
-        self.observer.on_batch(len(batch), time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        # (per image, so that big batches do not keep lone ones off the loop)
+        per_image = seconds / len(batch)
+        self._recent_s = (
+            per_image
+            if self._recent_s == float("inf")
+            else (0.9 * self._recent_s + 0.1 * per_image)
+        )
+        self.observer.on_batch(len(batch), seconds)
         for item, row in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(row)

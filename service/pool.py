@@ -82,6 +82,7 @@ class BatcherPool:
                 self.settings.max_queue_delay_ms / 1000.0,
                 self.settings.max_queue_size,
                 self.observer_for(model),
+                self.settings.inline_below_ms / 1000.0,
             )
             self._batchers[model, packed] = batcher
         return batcher

@@ -31,6 +31,13 @@ class Settings(BaseSettings):
         0.0, ge=0, description="wait for a fuller batch at most (raise it for heavy models)"
     )
     max_queue_size: int = Field(256, ge=1, description="queued images per model before 429")
+    inline_below_ms: float = Field(
+        1.0,
+        ge=0,
+        description="a lone image runs its forward pass on the event loop when the model's "
+        "passes take less than this per image (the hop to the inference thread costs more); "
+        "0: always in the inference thread",
+    )
     request_timeout_s: float = Field(10.0, gt=0, description="a request waits at most this")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(

@@ -274,3 +274,36 @@ def test_a_batch_that_breaks_outside_inference_does_not_stop_the_loop() -> None:
         await batcher.close()
 
     run(scenario)
+
+
+class ThreadRecorder(SumModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.threads.append(threading.current_thread().name)
+        return super().__call__(images)
+
+
+@pytest.mark.parametrize(("inline_below_s", "expected"), [(1.0, "loop"), (0.0, "pool")])
+def test_lone_images_of_fast_models_run_on_the_event_loop(
+    inline_below_s: float, expected: str
+) -> None:
+    """Once a model's batches are known to be fast, a lone image skips the thread hop; with
+    the setting at 0 (or for a slow model) every batch runs in the inference thread."""
+    model = ThreadRecorder()
+
+    async def main(executor: ThreadPoolExecutor) -> None:
+        batcher = DynamicBatcher(model, executor, 4, 0.0, 100, inline_below_s=inline_below_s)
+        for i in range(3):
+            rows = await batcher.submit([image(i)], 5.0)
+            np.testing.assert_allclose(rows[0], [4 * i, -4 * i])
+        await batcher.close()
+
+    run(main)
+    loop_thread = threading.main_thread().name
+    # The first batch has no timing yet: always the inference thread.
+    assert model.threads[0] != loop_thread
+    later = {"loop" if t == loop_thread else "pool" for t in model.threads[1:]}
+    assert later == {expected}
