@@ -25,7 +25,7 @@ test: $(BIN)/python
 
 # The load and soak tests at full size (tests/service/test_load.py; `make test` runs them small):
 # a burst of 1000 against a 16-image queue, 50,000 requests at c=64, 20 reloads under load.
-# Prints the figures (docs/reliability.md). ~10 min on 2 cores.
+# Prints the figures (docs/reliability.md). ~4 min on 2 cores.
 soak: $(BIN)/python
 	bash .ci/system-deps
 	$(BIN)/pip install --quiet -e '.[cpu,train,dev]'
