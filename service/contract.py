@@ -29,6 +29,10 @@ REQUIRED_KEYS = (
     "mimo.training",
     "mimo.evaluation",
 )
+# Optional keys: a file without them is read as a float32 model.
+PRECISION_KEY = "mimo.precision"  # "fp32" (default), "int8", "fp16": the arithmetic inside
+QUANTIZATION_KEY = "mimo.quantization"  # JSON: how an int8 model was quantized
+PRECISION_PATTERN = re.compile(r"[a-z0-9]{1,16}")
 COLORS = ("L", "RGB")
 RESAMPLE = ("nearest", "bilinear", "bicubic", "lanczos")
 
@@ -55,6 +59,9 @@ class ModelContract:
     thresholds: dict[str, float]
     training: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    # The arithmetic inside the graph; its input and output are float32 whatever it is.
+    precision: str = "fp32"
+    quantization: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -62,6 +69,11 @@ class ModelContract:
 
     def metadata(self) -> dict[str, str]:
         """The `metadata_props` that declare this contract in a model file."""
+        optional = {}
+        if self.precision != "fp32":
+            optional[PRECISION_KEY] = self.precision
+        if self.quantization:
+            optional[QUANTIZATION_KEY] = json.dumps(self.quantization)
         return {
             "mimo.format": FORMAT,
             "mimo.ensemble_size": str(self.ensemble_size),
@@ -72,6 +84,7 @@ class ModelContract:
             "mimo.thresholds": json.dumps(self.thresholds),
             "mimo.training": json.dumps(self.training),
             "mimo.evaluation": json.dumps(self.evaluation),
+            **optional,
         }
 
 
@@ -146,6 +159,13 @@ def parse_contract(
         )
     training = _json(metadata, "mimo.training", source)
     evaluation = _json(metadata, "mimo.evaluation", source)
+    precision = metadata.get(PRECISION_KEY, "fp32")
+    if not PRECISION_PATTERN.fullmatch(precision):
+        raise ContractError(
+            f"{source}: {PRECISION_KEY} must be a short name such as fp32, int8 or fp16, "
+            f"got {precision[:40]!r}"
+        )
+    quantization = _json(metadata, QUANTIZATION_KEY, source) if QUANTIZATION_KEY in metadata else {}
 
     k = len(labels)
     _check_tensor(inputs, INPUT_NAME, [m, *shape], "[batch, M, C, H, W]", source)
@@ -159,6 +179,8 @@ def parse_contract(
         thresholds={str(key): float(v) for key, v in thresholds.items()},
         training=training if isinstance(training, dict) else {},
         evaluation=evaluation if isinstance(evaluation, dict) else {},
+        precision=precision,
+        quantization=quantization if isinstance(quantization, dict) else {},
     )
 
 

@@ -43,3 +43,17 @@ def model_repository(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathF
     repo = tmp_path_factory.mktemp("models")
     export(digits_checkpoint, repo, "digits", 1)
     return repo
+
+
+@pytest.fixture(scope="session")
+def precision_repository(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """<repo>/digits/{1,2,3}/model.onnx: the digits model exported as fp32, int8 and fp16."""
+    from training.checkpoint import load_checkpoint
+    from training.evaluate import calibrate_checkpoint
+    from training.export import export
+
+    repo = tmp_path_factory.mktemp("precisions")
+    evaluation = calibrate_checkpoint(load_checkpoint(digits_checkpoint))
+    for version, precision in enumerate(("fp32", "int8", "fp16"), start=1):
+        export(digits_checkpoint, repo, "digits", version, evaluation, precision=precision)
+    return repo

@@ -2,6 +2,10 @@
 
 `models/<name>/<version>/model.onnx` appears only once the file is complete and has passed
 the parity check and the contract reader: a failed export leaves the repository as it was.
+
+`precision` int8 or fp16 (training/quantize.py) converts the float32 graph after its own parity
+check; the converted graph must then agree with torch on real images (the checkpoint's
+validation split, tiled as served) within that precision's tolerance, or nothing is written.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import subprocess
 import tempfile
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +28,29 @@ import torch
 
 from service.contract import NAME_PATTERN, ModelContract, contract_of
 from training.checkpoint import config_from_dict, load_checkpoint, model_from_checkpoint
+from training.data import load_dataset, split_validation
+from training.metrics import softmax
 from training.models import MimoNetwork
+from training.quantize import PRECISIONS, Int8Settings, calibration_inputs, quantize_int8, to_fp16
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max abs difference of logits between ONNX Runtime and torch
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a lower-precision graph may stray from torch on real images (tiled as served)."""
+
+    agreement: float  # least share of images whose ensemble top-1 class is torch's
+    probability: float  # largest |difference| of any head's probability of any class
+
+
+# Measured on the MNIST and digits models (docs/benchmarks.md), with room for other models.
+TOLERANCES = {
+    "int8": Tolerance(agreement=0.97, probability=0.5),
+    "fp16": Tolerance(agreement=0.995, probability=0.05),
+}
+AGREEMENT_IMAGES = 1000  # validation images the lower-precision check runs on, at most
 
 
 class ExportError(RuntimeError):
@@ -68,7 +92,12 @@ def code_version() -> str:
         return "unknown"
 
 
-def build_contract(checkpoint: dict[str, Any], evaluation: dict[str, Any]) -> ModelContract:
+def build_contract(
+    checkpoint: dict[str, Any],
+    evaluation: dict[str, Any],
+    precision: str = "fp32",
+    quantization: dict[str, Any] | None = None,
+) -> ModelContract:
     config = config_from_dict(checkpoint["config"])
     meta = checkpoint["meta"]
     return ModelContract(
@@ -97,6 +126,8 @@ def build_contract(checkpoint: dict[str, Any], evaluation: dict[str, Any]) -> Mo
             "code_version": code_version(),
         },
         evaluation=summary(evaluation),
+        precision=precision,
+        quantization=quantization or {},
     )
 
 
@@ -150,6 +181,46 @@ def check_parity(model: MimoNetwork, data: bytes, source: str) -> float:
     return worst
 
 
+def check_agreement(
+    model: MimoNetwork, data: bytes, images: np.ndarray, precision: str, source: str
+) -> dict[str, float]:
+    """A lower-precision graph against torch on real uint8 [N, C, H, W] images, tiled.
+
+    Returns the top-1 agreement of the ensemble mean and of the heads, and the largest
+    difference of any probability; raises past the precision's tolerance.
+    """
+    tolerance = TOLERANCES[precision]
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    m = model.ensemble_size
+    x = np.repeat((images.astype(np.float32) / 255.0)[:, None], m, axis=1)
+    with torch.no_grad():
+        expected = softmax(model(torch.from_numpy(x)).numpy())
+    got = softmax(
+        np.concatenate(
+            [session.run(["logits"], {"images": x[i : i + 250]})[0] for i in range(0, len(x), 250)]
+        )
+    )
+    found = {
+        "images": len(x),
+        "agreement": float(
+            (got.mean(axis=1).argmax(axis=1) == expected.mean(axis=1).argmax(axis=1)).mean()
+        ),
+        "member_agreement": float((got.argmax(axis=2) == expected.argmax(axis=2)).mean()),
+        "max_probability_difference": float(np.abs(got - expected).max()),
+    }
+    if not (
+        found["agreement"] >= tolerance.agreement
+        and found["max_probability_difference"] <= tolerance.probability
+    ):
+        raise ExportError(
+            f"{source}: the {precision} graph strays from torch on {len(x)} validation images: "
+            f"top-1 agreement {found['agreement']:.4f} (at least {tolerance.agreement}), "
+            f"max probability difference {found['max_probability_difference']:.3f} "
+            f"(at most {tolerance.probability}); the model was not written"
+        )
+    return found
+
+
 def write_atomic(data: bytes, target: Path) -> None:
     """Write beside the repository (hidden temp file), fsync, then rename into place."""
     target.parent.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +247,14 @@ def export(
     version: int,
     evaluation: dict[str, Any] | None = None,
     force: bool = False,
+    precision: str = "fp32",
+    int8: Int8Settings | None = None,
+    data_dir: str | Path | None = None,
 ) -> Path:
+    """Write models/<name>/<version>/model.onnx; `data_dir` overrides the checkpoint's
+    dataset folder (int8 calibration and the lower-precision check read its images)."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not NAME_PATTERN.fullmatch(name):
         raise ExportError(f"model name {name!r} must match {NAME_PATTERN.pattern}")
     if version < 1:
@@ -185,15 +263,53 @@ def export(
     if target.exists() and not force:
         raise ExportError(f"{target} exists; pass --force to replace it or choose a new version")
     checkpoint = load_checkpoint(checkpoint_path)
+    if data_dir is not None:
+        checkpoint["config"] = {**checkpoint["config"], "data_dir": str(data_dir)}
     model = model_from_checkpoint(checkpoint)
     if evaluation is None:
         from training.evaluate import calibrate_checkpoint
 
         evaluation = calibrate_checkpoint(checkpoint)
-    data = with_metadata(to_onnx_bytes(model), build_contract(checkpoint, evaluation))
+    contract = build_contract(checkpoint, evaluation)
+    data = with_metadata(to_onnx_bytes(model), contract)
     worst = check_parity(model, data, str(target))
+    if precision == "fp32":
+        write_atomic(data, target)
+        print(f"wrote {target} ({len(data) / 1e6:.2f} MB, parity max |diff| {worst:.1e})")
+        return target
+
+    from training.evaluate import validation_split
+
+    config = config_from_dict(checkpoint["config"])
+    quantization: dict[str, Any] = {}
+    if precision == "int8":
+        settings = int8 or Int8Settings()
+        full = load_dataset(
+            config.dataset, "train", config.data_dir, config.image_size, config.color
+        )
+        train_split = split_validation(full, config.val_size, seed=config.split_seed)[0]
+        inputs = calibration_inputs(
+            train_split.images,
+            config.ensemble_size,
+            settings.calibration_images,
+            settings.mixed_slots,
+            settings.seed,
+        )
+        converted = quantize_int8(data, inputs, settings)
+        quantization = {**settings.describe(), "calibration_inputs": len(inputs)}
+    else:
+        converted = to_fp16(data)
+    lowered = replace(contract, precision=precision, quantization=quantization)
+    data = with_metadata(converted, lowered)
+    val = validation_split(checkpoint)
+    found = check_agreement(model, data, val.images[:AGREEMENT_IMAGES], precision, str(target))
     write_atomic(data, target)
-    print(f"wrote {target} ({len(data) / 1e6:.2f} MB, parity max |diff| {worst:.1e})")
+    print(
+        f"wrote {target} ({precision}, {len(data) / 1e6:.2f} MB; against torch on "
+        f"{found['images']} validation images: top-1 agreement {found['agreement']:.4f}, "
+        f"heads {found['member_agreement']:.4f}, max probability difference "
+        f"{found['max_probability_difference']:.3f})"
+    )
     return target
 
 
@@ -209,10 +325,64 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--version", type=int, required=True)
     p.add_argument("--force", action="store_true", help="replace an existing version")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="arithmetic inside the graph (input and output stay float32): fp32; int8 (static "
+        "quantization calibrated on training images); fp16 (float16 weights and compute)",
+    )
+    p.add_argument(
+        "--data-dir", help="the dataset's folder, if not where the checkpoint was trained from"
+    )
+    defaults = Int8Settings()
+    p.add_argument(
+        "--calibration-images",
+        type=int,
+        default=defaults.calibration_images,
+        help="int8: training images to calibrate on (each tiled, and in mixed slots)",
+    )
+    p.add_argument(
+        "--quant-format",
+        choices=("qdq", "qoperator"),
+        default=defaults.quant_format,
+        help="int8: QuantizeLinear/DequantizeLinear pairs (qdq) or quantized operators",
+    )
+    p.add_argument(
+        "--per-channel",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.per_channel,
+        help="int8: one weight scale per output channel",
+    )
+    p.add_argument(
+        "--reduce-range",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.reduce_range,
+        help="int8: 7-bit weights (no int16 saturation on x86 without VNNI)",
+    )
     p.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
-    export(args.checkpoint, args.repository, args.name, args.version, evaluation, args.force)
+    try:
+        int8 = Int8Settings(
+            quant_format=args.quant_format,
+            per_channel=args.per_channel,
+            reduce_range=args.reduce_range,
+            calibration_images=args.calibration_images,
+        )
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+    export(
+        args.checkpoint,
+        args.repository,
+        args.name,
+        args.version,
+        evaluation,
+        args.force,
+        precision=args.precision,
+        int8=int8,
+        data_dir=args.data_dir,
+    )
     return 0
