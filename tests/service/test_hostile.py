@@ -37,11 +37,10 @@ TIMEOUT_S = 4.0
 
 
 class Server:
-    def __init__(self, url: str, port: int, forbidden: list[str], log: Path) -> None:
+    def __init__(self, url: str, port: int, forbidden: list[str]) -> None:
         self.url = url
         self.port = port
         self.forbidden = forbidden  # strings no answer may contain
-        self.log = log
         self.client = httpx.Client(base_url=url, timeout=30)
 
     def predict(self, data: bytes, ctype: str = "image/png", **params: Any) -> httpx.Response:
@@ -93,7 +92,7 @@ def server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     service = start_service(SERVICE, env, ROOT, log)
     forbidden = [str(model_repository), str(ROOT), sys.prefix, tempfile.gettempdir() + "/"]
     forbidden.append(str(Path.home()) + "/")
-    s = Server(f"http://127.0.0.1:{port}", port, forbidden, log)
+    s = Server(f"http://127.0.0.1:{port}", port, forbidden)
     try:
         yield s
     finally:
@@ -171,11 +170,9 @@ def reference(server: Server, pixels: np.ndarray) -> np.ndarray:
     return server.probabilities(server.predict(gray_png(pixels), top_k=10))[0]
 
 
-def confident_pair(
-    server: Server, digits: list[np.ndarray], transform: Any = None
-) -> tuple[int, int]:
-    """Two digits the model tells apart with confidence (after `transform`, if given)."""
-    answers = [reference(server, d if transform is None else transform(d)) for d in digits]
+def confident_pair(server: Server, digits: list[np.ndarray]) -> tuple[int, int]:
+    """Two digits the model tells apart with confidence."""
+    answers = [reference(server, d) for d in digits]
     for i, a in enumerate(answers):
         for j, b in enumerate(answers):
             if a.max() > 0.6 and b.max() > 0.6 and a.argmax() != b.argmax():
