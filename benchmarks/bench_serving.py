@@ -44,6 +44,7 @@ class Server:
     command: list[str]
     env: dict[str, str]
     cwd: Path = ROOT
+    path: str = "/predict"
 
 
 def free_port() -> int:
@@ -93,6 +94,13 @@ def servers(
     }
     return other | {
         "mimo": Server("mimo", "this service, defaults", [PY, "-m", "service"], mimo),
+        "mimo-packed": Server(
+            "mimo-packed",
+            "this service, packed mode (/predict?mode=packed: M requests per forward-pass row)",
+            [PY, "-m", "service"],
+            mimo,
+            path="/predict?mode=packed",
+        ),
         "mimo-nobatch": Server(
             "mimo-nobatch",
             "this service, batching off (MIMO_MAX_BATCH_SIZE=1)",
@@ -196,7 +204,7 @@ def hey(url: str, image_path: Path, concurrency: int, seconds: float) -> dict[st
 def measure_server(
     server: Server, port: int, image: bytes, image_path: Path, args: argparse.Namespace
 ) -> dict[int, dict[str, Any]]:
-    url = f"http://127.0.0.1:{port}/predict"
+    url = f"http://127.0.0.1:{port}{server.path}"
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             server.command, env=server.env, cwd=server.cwd, stdout=log, stderr=subprocess.STDOUT
