@@ -12,18 +12,18 @@ import numpy as np
 from service import metrics
 from service.batching import BatchObserver, DynamicBatcher
 from service.inference import forward, pack, tile
-from service.postprocess import Packed, Row, Scored, score, score_packed
+from service.postprocess import Answers, Row, score, score_packed
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings
 
 
-def batch_function(model: ServedModel, packed: bool) -> Callable[[np.ndarray], Scored | Packed]:
+def batch_function(model: ServedModel, packed: bool) -> Callable[[np.ndarray], Answers]:
     """What the batcher runs in the inference thread for each batch [N, C, H, W]: tile (or
     pack), one forward pass (timed alone: mimo_inference_duration_seconds), postprocess."""
     inference = metrics.INFERENCE_DURATION.labels(*model.labels)
     m = model.contract.ensemble_size
 
-    def run(images: np.ndarray) -> Scored | Packed:
+    def run(images: np.ndarray) -> Answers:
         started = time.perf_counter()
         logits = forward(model.session, pack(images, m) if packed else tile(images, m))
         inference.observe(time.perf_counter() - started)

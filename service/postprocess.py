@@ -25,19 +25,21 @@ from service.uncertainty import MEASURES, EnsembleUncertainty, ensemble_uncertai
 class Row:
     """One image's share of a scored batch."""
 
-    batch: Scored | Packed
+    batch: Answers
     index: int
 
 
-class Scored:
-    """A batch's uncertainty measures and `uncertain` flags; row i answers image i."""
+class Answers:
+    """A batch's answers, row i for image i: `p` [N, K] the probabilities answered."""
 
-    def __init__(self, u: EnsembleUncertainty, uncertain: np.ndarray) -> None:
-        self.u = u
-        self.uncertain = uncertain
+    # What every /predict answer prints, turned into Python numbers once for the batch.
+    CONVERTED: tuple[str, ...] = ("probabilities", "ranking")
+
+    def __init__(self, p: np.ndarray) -> None:
+        self.p = p
 
     def __len__(self) -> int:
-        return len(self.uncertain)
+        return len(self.p)
 
     def __getitem__(self, index: int) -> Row:
         return Row(self, index)
@@ -45,15 +47,32 @@ class Scored:
     def __iter__(self) -> Iterator[Row]:
         return (Row(self, i) for i in range(len(self)))
 
-    # What /predict prints, as Python numbers, converted once for the batch.
     @cached_property
     def probabilities(self) -> list[list[float]]:
-        return self.u.probabilities.tolist()
+        return self.p.tolist()
 
     @cached_property
     def ranking(self) -> list[list[int]]:
-        """Classes by decreasing ensemble probability (ties: lower index first)."""
-        return np.argsort(-self.u.probabilities, axis=1, kind="stable").tolist()
+        """Classes by decreasing probability (ties: lower index first)."""
+        return np.argsort(-self.p, axis=1, kind="stable").tolist()
+
+    def prepare(self) -> Answers:
+        """Convert what the answers print (call it in the inference thread)."""
+        for name in self.CONVERTED:
+            getattr(self, name)
+        return self
+
+
+class Scored(Answers):
+    """An ensemble batch: the mean of the heads, their uncertainty measures and the
+    `uncertain` flags."""
+
+    CONVERTED = (*Answers.CONVERTED, "members", "measures", "flags")
+
+    def __init__(self, u: EnsembleUncertainty, uncertain: np.ndarray) -> None:
+        super().__init__(u.probabilities)
+        self.u = u
+        self.uncertain = uncertain
 
     @cached_property
     def members(self) -> tuple[list[list[int]], list[list[float]], list[list[float]]]:
@@ -71,11 +90,13 @@ class Scored:
     def flags(self) -> list[bool]:
         return self.uncertain.tolist()
 
-    def prepare(self) -> Scored:
-        """Convert what every /predict answer prints (call it in the inference thread)."""
-        for name in ("probabilities", "ranking", "members", "measures", "flags"):
-            getattr(self, name)
-        return self
+
+class Packed(Answers):
+    """A packed batch: image i was in slot `heads[i]` and that head alone answers it."""
+
+    def __init__(self, probabilities: np.ndarray, heads: np.ndarray) -> None:
+        super().__init__(probabilities)
+        self.heads = heads  # [N]
 
 
 def score(contract: ModelContract, logits: np.ndarray, labels: tuple[str, str]) -> Scored:
@@ -103,42 +124,9 @@ def observe(
         mi.observe(m)
         entropy.observe(h)
         disagreement.observe(d)
-    counts = np.bincount(u.probabilities.argmax(axis=1), minlength=len(names))
-    for index in np.flatnonzero(counts).tolist():
-        metrics.PREDICTIONS.labels(*labels, names[index]).inc(int(counts[index]))
+    count_predictions(u.probabilities, names, labels)
     # Touched even when 0: the uncertain share (alerts, dashboard) needs the series to exist.
     metrics.UNCERTAIN.labels(*labels).inc(int(flags.sum()))
-
-
-class Packed:
-    """A packed batch: image i was in slot `heads[i]` and that head alone answers it."""
-
-    def __init__(self, probabilities: np.ndarray, heads: np.ndarray) -> None:
-        self.p = probabilities  # [N, K]
-        self.heads = heads  # [N]
-
-    def __len__(self) -> int:
-        return len(self.heads)
-
-    def __getitem__(self, index: int) -> Row:
-        return Row(self, index)
-
-    def __iter__(self) -> Iterator[Row]:
-        return (Row(self, i) for i in range(len(self)))
-
-    @cached_property
-    def probabilities(self) -> list[list[float]]:
-        return self.p.tolist()
-
-    @cached_property
-    def ranking(self) -> list[list[int]]:
-        return np.argsort(-self.p, axis=1, kind="stable").tolist()
-
-    def prepare(self) -> Packed:
-        """Convert what every /predict answer prints (call it in the inference thread)."""
-        for name in ("probabilities", "ranking"):
-            getattr(self, name)
-        return self
 
 
 def score_packed(
@@ -147,7 +135,12 @@ def score_packed(
     """Packed logits [rows, M, K] -> the first `n` images' own-head probabilities."""
     per_image = logits.reshape(-1, logits.shape[-1])[:n]  # row-major: image i = row i//M, slot i%M
     p = softmax(per_image, contract.temperature)
-    counts = np.bincount(p.argmax(axis=1), minlength=len(contract.labels))
-    for index in np.flatnonzero(counts).tolist():
-        metrics.PREDICTIONS.labels(*names, contract.labels[index]).inc(int(counts[index]))
+    count_predictions(p, contract.labels, names)
     return Packed(p, np.arange(n) % logits.shape[1])
+
+
+def count_predictions(p: np.ndarray, names: tuple[str, ...], labels: tuple[str, str]) -> None:
+    """mimo_predictions_total by predicted class, one increment per class of the batch."""
+    counts = np.bincount(p.argmax(axis=1), minlength=len(names))
+    for index in np.flatnonzero(counts).tolist():
+        metrics.PREDICTIONS.labels(*labels, names[index]).inc(int(counts[index]))
