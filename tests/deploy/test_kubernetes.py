@@ -155,6 +155,17 @@ def test_service_monitor_selects_the_service() -> None:
     assert job == shipped["scrape_configs"][0]["job_name"]
 
 
+def validate_as_pod_container(main: dict[str, Any]) -> None:
+    """An InferenceService's container is a core Container: validated inside a throwaway Pod."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "x"},
+        "spec": {"containers": [main]},
+    }
+    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+
+
 def test_inference_service_runs_the_image_over_the_open_inference_protocol() -> None:
     isvc = load("inferenceservice.yaml")
     assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
@@ -168,14 +179,7 @@ def test_inference_service_runs_the_image_over_the_open_inference_protocol() -> 
     assert main["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert main["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert main["securityContext"]["runAsNonRoot"] is True
-    # The container part is a core Container: validate it as one inside a throwaway Pod.
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "x"},
-        "spec": {"containers": [main]},
-    }
-    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+    validate_as_pod_container(main)
 
 
 def test_grpc_inference_service_names_its_port_h2c() -> None:
@@ -189,13 +193,7 @@ def test_grpc_inference_service_names_its_port_h2c() -> None:
     assert port["containerPort"] == int(env["MIMO_GRPC_PORT"]) == 8001
     assert env["MIMO_HOST"] == "0.0.0.0"
     assert main["securityContext"]["runAsNonRoot"] is True
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "x"},
-        "spec": {"containers": [main]},
-    }
-    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+    validate_as_pod_container(main)
 
 
 @pytest.mark.parametrize(
