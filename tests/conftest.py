@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # The service listens for gRPC on 8001 by default: the apps the tests build in-process stay
@@ -57,3 +58,12 @@ def precision_repository(digits_checkpoint: Path, tmp_path_factory: pytest.TempP
     for version, precision in enumerate(("fp32", "int8", "fp16"), start=1):
         export(digits_checkpoint, repo, "digits", version, evaluation, precision=precision)
     return repo
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """20 real sklearn digits of the test split: uint8 [20, 1, 8, 8] and their labels."""
+    from training.data import load_dataset
+
+    ds = load_dataset("digits", "test")
+    return ds.images[:20], ds.labels[:20]

@@ -66,15 +66,6 @@ def client(server: Server) -> Iterator[triton.InferenceServerClient]:
     c.close()
 
 
-@pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray]:
-    """20 real sklearn digits of the test split: uint8 [20, 1, 8, 8] and their labels."""
-    from training.data import load_dataset
-
-    ds = load_dataset("digits", "test")
-    return ds.images[:20], ds.labels[:20]
-
-
 def infer(
     client: triton.InferenceServerClient, array: np.ndarray, datatype: str, **kwargs: object
 ) -> dict[str, np.ndarray]:

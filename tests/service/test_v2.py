@@ -46,15 +46,6 @@ def client(server: str) -> Iterator[triton.InferenceServerClient]:
     c.close()
 
 
-@pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray]:
-    """20 real sklearn digits of the test split: uint8 [20, 1, 8, 8] and their labels."""
-    from training.data import load_dataset
-
-    ds = load_dataset("digits", "test")
-    return ds.images[:20], ds.labels[:20]
-
-
 def images_input(array: np.ndarray, datatype: str, binary: bool = True) -> triton.InferInput:
     tensor = triton.InferInput("images", list(array.shape), datatype)
     tensor.set_data_from_numpy(array, binary_data=binary)
