@@ -13,11 +13,17 @@ gives the median over repeats, and each file's speed-up over the first file as t
 the ratios measured within the same repeat. With `--dataset`, the files are also evaluated on
 its test split: accuracy, NLL and ECE of the ensemble mean (temperature 1), and the share of
 images whose top-1 class is the first file's. It measures; it asserts nothing.
+
+`--synthetic wrn-16-4` (or `resnet18`, `cnn`) first writes an untrained M=3 network for 32x32
+RGB images at fp32, int8 (calibrated on uniform noise) and fp16 into `--synthetic-dir`, and
+measures those: a network where the model, not the call, dominates. Speed only (it needs the
+training extra: torch).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import random
@@ -37,6 +43,12 @@ sys.path.insert(0, str(ROOT))
 from service.contract import contract_of  # noqa: E402
 from service.runtime import create_session  # noqa: E402
 
+SYNTHETIC = {  # architecture, width, depth
+    "wrn-16-4": ("wrn", 4.0, 16),
+    "resnet18": ("resnet18", 1.0, 0),
+    "cnn": ("cnn", 1.0, 0),
+}
+
 
 @dataclass
 class Model:
@@ -52,9 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "models",
-        nargs="+",
+        nargs="*",
         help="model.onnx files, optionally label=path; the first is the reference",
     )
+    parser.add_argument("--synthetic", choices=sorted(SYNTHETIC), help="build and measure this")
+    parser.add_argument("--synthetic-dir", type=Path, default=Path("synthetic-models"))
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="images per call")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op threads")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved runs of each")
@@ -66,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="evaluate on the first N test images only")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    if bool(args.models) == bool(args.synthetic):
+        parser.error("give either model files or --synthetic")
     if min(args.repeats, args.warmup + 1, *args.batch, *args.threads) < 1:
         parser.error("--repeats, --batch and --threads must be positive")
     return args
@@ -103,6 +119,48 @@ def images_per_second(session: ort.InferenceSession, tiled: np.ndarray, min_time
         elapsed = time.perf_counter() - start
         if elapsed >= min_time and calls >= 3:
             return calls * len(tiled) / elapsed
+
+
+def write_synthetic(name: str, folder: Path, calibration_images: int = 128) -> list[str]:
+    """An untrained MIMO M=3 network for 32x32 RGB at fp32, int8 and fp16: label=path specs."""
+    import torch
+
+    from service.contract import ModelContract
+    from training.export import to_onnx_bytes, with_metadata
+    from training.models import build_network
+    from training.quantize import Int8Settings, calibration_inputs, quantize_int8, to_fp16
+
+    arch, width, depth = SYNTHETIC[name]
+    torch.manual_seed(0)
+    shape, m = (3, 32, 32), 3
+    model = build_network(arch, m, shape, 10, [0.5] * 3, [0.25] * 3, width=width, depth=depth)
+    contract = ModelContract(
+        ensemble_size=m,
+        input_shape=shape,
+        labels=tuple(str(k) for k in range(10)),
+        preprocess={"color": "RGB", "resize": [32, 32], "resample": "bilinear", "invert": False},
+        temperature=1.0,
+        thresholds={"mutual_information": 0.0},
+        training={"architecture": arch, "width": width, "depth": depth, "untrained": True},
+    )
+    fp32 = to_onnx_bytes(model)
+    noise = np.random.default_rng(0).integers(0, 256, (calibration_images, *shape), np.uint8)
+    settings = Int8Settings(calibration_images=calibration_images)
+    inputs = calibration_inputs(noise, m, calibration_images, mixed=True)
+    graphs = {
+        "fp32": fp32,
+        "int8": quantize_int8(fp32, inputs, settings),
+        "fp16": to_fp16(fp32),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = []
+    for precision, graph in graphs.items():
+        path = folder / f"{name}-{precision}.onnx"
+        quantization = settings.describe() if precision == "int8" else {}
+        lowered = dataclasses.replace(contract, precision=precision, quantization=quantization)
+        path.write_bytes(with_metadata(graph, lowered))
+        specs.append(f"{name} {precision}={path}")
+    return specs
 
 
 def measure_speed(models: list[Model], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -214,7 +272,8 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    models = load_models(args.models)
+    specs = write_synthetic(args.synthetic, args.synthetic_dir) if args.synthetic else args.models
+    models = load_models(specs)
     where = machine()
     print(f"machine: {json.dumps(where)}")
     speed = measure_speed(models, args)
@@ -242,7 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         result = {
             "machine": where,
-            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "models")},
+            "settings": {
+                k: str(v) if isinstance(v, Path) else v
+                for k, v in vars(args).items()
+                if k not in ("out", "models")
+            },
             "models": [
                 {
                     "label": m.label,

@@ -11,7 +11,9 @@ output `logits` float32 [batch, M, K]; only what happens in between changes.
   activations uint8; graph input and output keep float32 (a QuantizeLinear after the input, a
   DequantizeLinear before the output).
 - fp16: weights and compute in float16, float32 at the boundaries (a Cast after the input and
-  before the output).
+  before the output). ONNX Runtime's CPU provider has no float16 Conv or Gemm on x86: it inserts
+  Casts around them and folds the weights back to float32 at load, so on a CPU an fp16 file
+  computes in float32 (with weights rounded to float16) at fp32 speed; it is for GPUs.
 
 bf16 is not offered: ONNX Runtime's CPU provider has no bfloat16 kernel for Conv, Gemm, MatMul
 or Relu (a bf16 graph does not load), see docs/benchmarks.md.
@@ -40,10 +42,13 @@ class Int8Settings:
     """How a graph is quantized; the defaults are the fastest accurate choice measured on a
     2-core AMD EPYC (Zen 3, AVX2 without VNNI), see docs/benchmarks.md."""
 
-    quant_format: str = "qdq"  # qdq (QuantizeLinear/DequantizeLinear pairs) | qoperator
-    per_channel: bool = False  # one scale per output channel of each weight
+    # qdq (QuantizeLinear/DequantizeLinear pairs) | qoperator (QLinearConv, ...): ONNX Runtime
+    # fuses QDQ into the same integer kernels on the CPU (no measurable difference), and QDQ is
+    # what the GPU providers (TensorRT) take.
+    quant_format: str = "qdq"
+    per_channel: bool = True  # one scale per output channel of each weight: closest to fp32
     # 7-bit weights: AVX2 without VNNI multiplies u8 x s8 pairs into saturating int16
-    # (vpmaddubsw); one bit less keeps the sums exact. Costs nothing in speed here.
+    # (vpmaddubsw); one bit less keeps the sums exact. No measurable cost in speed.
     reduce_range: bool = True
     calibration_images: int = 512  # training images (each used tiled and in mixed slots)
     mixed_slots: bool = True  # also calibrate on M different images in the slots
