@@ -134,10 +134,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         help=f"ONNX Runtime intra-op threads (default: the cores, {cores()}, and 1)",
     )
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved samples of each")
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved samples of each")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls first")
     parser.add_argument(
-        "--sample-s", type=float, default=0.25, help="each sample runs for at least this long"
+        "--sample-s", type=float, default=0.1, help="each sample runs for at least this long"
     )
     parser.add_argument("--peak-size", type=int, default=2048, help="sgemm matrix side")
     parser.add_argument("--seed", type=int, default=0)
@@ -459,6 +459,7 @@ def cell_rows(
             "members": m,
             "ms_per_batch": ms,
             "ms_samples": samples,
+            "ms_min": min(samples),  # the least disturbed sample, for a machine shared with others
             "images_per_s": batch / ms * 1e3,
             "ratio_to_m1": None if base is None else median_ratio(samples, base),
             "ensemble_over_mimo": (
