@@ -27,11 +27,19 @@ import onnxruntime as ort
 import torch
 
 from service.contract import NAME_PATTERN, ModelContract, contract_of
+from service.uncertainty import ensemble_uncertainty
 from training.checkpoint import config_from_dict, load_checkpoint, model_from_checkpoint
 from training.data import load_dataset, split_validation
 from training.metrics import softmax
 from training.models import MimoNetwork
-from training.quantize import PRECISIONS, Int8Settings, calibration_inputs, quantize_int8, to_fp16
+from training.quantize import (
+    PRECISIONS,
+    Int8Settings,
+    calibration_inputs,
+    quantize_int8,
+    to_fp16,
+    training_outliers,
+)
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max abs difference of logits between ONNX Runtime and torch
@@ -43,13 +51,15 @@ class Tolerance:
 
     agreement: float  # least share of images whose ensemble top-1 class is torch's
     probability: float  # largest |difference| of any head's probability of any class
+    flags: float  # least share of images (and of outliers) whose `uncertain` flag is torch's
 
 
 # Measured on the MNIST and digits models (docs/benchmarks.md), with room for other models.
 TOLERANCES = {
-    "int8": Tolerance(agreement=0.97, probability=0.5),
-    "fp16": Tolerance(agreement=0.995, probability=0.05),
+    "int8": Tolerance(agreement=0.97, probability=0.5, flags=0.97),
+    "fp16": Tolerance(agreement=0.995, probability=0.05, flags=0.99),
 }
+OUTLIER_CHECK_SEED = 1_000  # the outliers of the check are not those of the calibration
 AGREEMENT_IMAGES = 1000  # validation images the lower-precision check runs on, at most
 
 
@@ -181,42 +191,82 @@ def check_parity(model: MimoNetwork, data: bytes, source: str) -> float:
     return worst
 
 
-def check_agreement(
-    model: MimoNetwork, data: bytes, images: np.ndarray, precision: str, source: str
-) -> dict[str, float]:
-    """A lower-precision graph against torch on real uint8 [N, C, H, W] images, tiled.
+def _logits(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    runs = [session.run(["logits"], {"images": x[i : i + 250]})[0] for i in range(0, len(x), 250)]
+    return np.concatenate(runs)
 
-    Returns the top-1 agreement of the ensemble mean and of the heads, and the largest
-    difference of any probability; raises past the precision's tolerance.
+
+def check_agreement(
+    model: MimoNetwork,
+    data: bytes,
+    contract: ModelContract,
+    images: np.ndarray,
+    outliers: np.ndarray | None,
+    precision: str,
+    source: str,
+) -> dict[str, float]:
+    """A lower-precision graph against torch on float32 [N, C, H, W] images in [0, 1], tiled.
+
+    On the (validation) `images`: the top-1 agreement of the ensemble mean and of the heads, the
+    largest difference of any probability, and the share of images whose `uncertain` flag (mutual
+    information over the model's threshold, at its temperature) is torch's; on the `outliers`
+    (the synthetic families a model trained with the outlier loss learnt to flag), the latter.
+    Raises past the precision's tolerance.
     """
     tolerance = TOLERANCES[precision]
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    m = model.ensemble_size
-    x = np.repeat((images.astype(np.float32) / 255.0)[:, None], m, axis=1)
-    with torch.no_grad():
-        expected = softmax(model(torch.from_numpy(x)).numpy())
-    got = softmax(
-        np.concatenate(
-            [session.run(["logits"], {"images": x[i : i + 250]})[0] for i in range(0, len(x), 250)]
-        )
-    )
+    m, temperature = model.ensemble_size, contract.temperature
+    threshold = contract.thresholds["mutual_information"]
+
+    def compare(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        tiled = np.repeat(x.astype(np.float32)[:, None], m, axis=1)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(tiled)).numpy()
+        got = _logits(session, tiled)
+        flags = [
+            ensemble_uncertainty(z, temperature).mutual_information > threshold
+            for z in (expected, got)
+        ]
+        return softmax(expected), softmax(got), flags[0], flags[1]
+
+    expected, got, flagged, flagged_got = compare(images)
     found = {
-        "images": len(x),
+        "images": len(images),
         "agreement": float(
             (got.mean(axis=1).argmax(axis=1) == expected.mean(axis=1).argmax(axis=1)).mean()
         ),
         "member_agreement": float((got.argmax(axis=2) == expected.argmax(axis=2)).mean()),
         "max_probability_difference": float(np.abs(got - expected).max()),
+        "uncertain_agreement": float((flagged == flagged_got).mean()),
     }
-    if not (
-        found["agreement"] >= tolerance.agreement
-        and found["max_probability_difference"] <= tolerance.probability
-    ):
-        raise ExportError(
-            f"{source}: the {precision} graph strays from torch on {len(x)} validation images: "
-            f"top-1 agreement {found['agreement']:.4f} (at least {tolerance.agreement}), "
+    problems = []
+    if not found["agreement"] >= tolerance.agreement:
+        problems.append(
+            f"top-1 agreement {found['agreement']:.4f} (at least {tolerance.agreement})"
+        )
+    if not found["max_probability_difference"] <= tolerance.probability:
+        problems.append(
             f"max probability difference {found['max_probability_difference']:.3f} "
-            f"(at most {tolerance.probability}); the model was not written"
+            f"(at most {tolerance.probability})"
+        )
+    if not found["uncertain_agreement"] >= tolerance.flags:
+        problems.append(
+            f"`uncertain` flags agreeing {found['uncertain_agreement']:.4f} "
+            f"(at least {tolerance.flags})"
+        )
+    if outliers is not None and len(outliers):
+        *_, flagged, flagged_got = compare(outliers)
+        found["outliers"] = len(outliers)
+        found["outlier_uncertain_agreement"] = float((flagged == flagged_got).mean())
+        if not found["outlier_uncertain_agreement"] >= tolerance.flags:
+            problems.append(
+                f"`uncertain` flags agreeing {found['outlier_uncertain_agreement']:.4f} on "
+                f"{len(outliers)} training-family outliers (at least {tolerance.flags})"
+            )
+    if problems:
+        raise ExportError(
+            f"{source}: the {precision} graph strays from torch on {len(images)} validation "
+            f"images: {'; '.join(problems)}; the model was not written"
         )
     return found
 
@@ -282,33 +332,56 @@ def export(
 
     config = config_from_dict(checkpoint["config"])
     quantization: dict[str, Any] = {}
+    trained_on_outliers = config.outlier_weight > 0
+    quantization: dict[str, Any] = {}
     if precision == "int8":
         settings = int8 or Int8Settings()
         full = load_dataset(
             config.dataset, "train", config.data_dir, config.image_size, config.color
         )
         train_split = split_validation(full, config.val_size, seed=config.split_seed)[0]
+        n_outliers = settings.outlier_images
+        if n_outliers is None:
+            share = config.outlier_fraction if trained_on_outliers else 0.0
+            n_outliers = round(settings.calibration_images * share)
         inputs = calibration_inputs(
             train_split.images,
             config.ensemble_size,
             settings.calibration_images,
             settings.mixed_slots,
             settings.seed,
+            training_outliers(n_outliers, train_split.shape, settings.seed),
         )
         converted = quantize_int8(data, inputs, settings)
-        quantization = {**settings.describe(), "calibration_inputs": len(inputs)}
+        quantization = {
+            **settings.describe(),
+            "outlier_images": n_outliers,
+            "calibration_inputs": len(inputs),
+        }
     else:
         converted = to_fp16(data)
     lowered = replace(contract, precision=precision, quantization=quantization)
     data = with_metadata(converted, lowered)
     val = validation_split(checkpoint)
-    found = check_agreement(model, data, val.images[:AGREEMENT_IMAGES], precision, str(target))
+    images = val.images[:AGREEMENT_IMAGES].astype(np.float32) / 255.0
+    outliers = (
+        training_outliers(AGREEMENT_IMAGES // 4, val.shape, OUTLIER_CHECK_SEED)
+        if trained_on_outliers
+        else None
+    )
+    found = check_agreement(model, data, contract, images, outliers, precision, str(target))
     write_atomic(data, target)
+    on_outliers = (
+        f", on {found['outliers']} outliers {found['outlier_uncertain_agreement']:.4f}"
+        if "outliers" in found
+        else ""
+    )
     print(
         f"wrote {target} ({precision}, {len(data) / 1e6:.2f} MB; against torch on "
         f"{found['images']} validation images: top-1 agreement {found['agreement']:.4f}, "
         f"heads {found['member_agreement']:.4f}, max probability difference "
-        f"{found['max_probability_difference']:.3f})"
+        f"{found['max_probability_difference']:.3f}, `uncertain` flags "
+        f"{found['uncertain_agreement']:.4f}{on_outliers})"
     )
     return target
 
@@ -343,6 +416,12 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         help="int8: training images to calibrate on (each tiled, and in mixed slots)",
     )
     p.add_argument(
+        "--calibration-outliers",
+        type=int,
+        help="int8: synthetic outliers of the training families to calibrate on, too "
+        "(default: the training's outlier share if it used the outlier loss, else 0)",
+    )
+    p.add_argument(
         "--quant-format",
         choices=("qdq", "qoperator"),
         default=defaults.quant_format,
@@ -371,6 +450,7 @@ def _run(args: argparse.Namespace) -> int:
             per_channel=args.per_channel,
             reduce_range=args.reduce_range,
             calibration_images=args.calibration_images,
+            outlier_images=args.calibration_outliers,
         )
     except ValueError as error:
         raise ExportError(str(error)) from None

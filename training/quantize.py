@@ -7,7 +7,11 @@ output `logits` float32 [batch, M, K]; only what happens in between changes.
   calibrated on images of the checkpoint's own training split (never the validation split the
   thresholds come from, never test data), tiled into the M slots exactly as serving does (one
   image in all M slots), plus the same images shuffled across the slots (M different images:
-  how the network was trained, and how the contract allows it to be fed). Weights are int8,
+  how the network was trained, and how the contract allows it to be fed), plus, for a model
+  trained with the outlier loss, its share of the synthetic outliers it was trained on (tiled,
+  as training fed them). Without them the activations of noise-like inputs fall outside the
+  calibrated ranges, are clipped, and the heads stop disagreeing on exactly the inputs they were
+  trained to flag (MNIST: uniform noise flagged `uncertain` 100% -> 11%). Weights are int8,
   activations uint8; graph input and output keep float32 (a QuantizeLinear after the input, a
   DequantizeLinear before the output).
 - fp16: weights and compute in float16, float32 at the boundaries (a Cast after the input and
@@ -52,6 +56,9 @@ class Int8Settings:
     reduce_range: bool = True
     calibration_images: int = 512  # training images (each used tiled and in mixed slots)
     mixed_slots: bool = True  # also calibrate on M different images in the slots
+    # synthetic outliers of the training families, tiled; None: the training's outlier share
+    # of `calibration_images` if the model was trained with the outlier loss, else none
+    outlier_images: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,6 +68,8 @@ class Int8Settings:
             )
         if self.calibration_images < 1:
             raise ValueError(f"calibration images must be positive, got {self.calibration_images}")
+        if self.outlier_images is not None and self.outlier_images < 0:
+            raise ValueError(f"outlier images must be 0 or more, got {self.outlier_images}")
 
     def describe(self) -> dict[str, Any]:
         """What the model's metadata says of its quantization."""
@@ -74,12 +83,18 @@ class Int8Settings:
 
 
 def calibration_inputs(
-    images: np.ndarray, ensemble_size: int, count: int, mixed: bool, seed: int = 0
+    images: np.ndarray,
+    ensemble_size: int,
+    count: int,
+    mixed: bool,
+    seed: int = 0,
+    outliers: np.ndarray | None = None,
 ) -> np.ndarray:
     """`count` of the uint8 [N, C, H, W] images as float32 [n, M, C, H, W] model inputs.
 
     The images are drawn at random (fixed by `seed`) and tiled into all M slots; with `mixed`,
-    the same images follow, each slot m holding image i + m (mod n): M different images.
+    the same images follow, each slot m holding image i + m (mod n): M different images; then
+    the float32 [n, C, H, W] `outliers` in [0, 1], tiled.
     """
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(images), size=min(count, len(images)), replace=False)
@@ -88,7 +103,22 @@ def calibration_inputs(
     if mixed and ensemble_size > 1:
         index = np.arange(len(x))
         batches.append(np.stack([x[np.roll(index, -m)] for m in range(ensemble_size)], axis=1))
+    if outliers is not None and len(outliers):
+        batches.append(np.repeat(outliers.astype(np.float32)[:, None], ensemble_size, axis=1))
     return np.concatenate(batches)
+
+
+def training_outliers(count: int, shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """`count` synthetic outliers of the families the outlier loss trains on, float32."""
+    from training.ood import TRAINING_FAMILIES, make_ood
+
+    share = [count // len(TRAINING_FAMILIES)] * len(TRAINING_FAMILIES)
+    share[0] += count - sum(share)
+    parts = [
+        make_ood(family, n, shape, seed=seed + i)
+        for i, (family, n) in enumerate(zip(TRAINING_FAMILIES, share, strict=True))
+    ]
+    return np.concatenate(parts).astype(np.float32)
 
 
 def _reader(inputs: np.ndarray, batch_size: int = 64) -> Any:

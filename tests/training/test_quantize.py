@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
 import training.export
 from service.contract import (
@@ -23,7 +24,7 @@ from service.contract import (
 from training.__main__ import main
 from training.data import load_dataset
 from training.export import ExportError, Tolerance, export
-from training.quantize import Int8Settings, calibration_inputs
+from training.quantize import Int8Settings, calibration_inputs, training_outliers
 
 EVALUATION = {
     "dataset": "digits",
@@ -123,6 +124,28 @@ def test_close_to_fp32_on_real_digits(
     assert (heads.argmax(2) == heads_fp32.argmax(2)).mean() >= 0.9
 
 
+def test_outlier_trained_models_calibrate_and_check_on_their_outliers(
+    digits_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The same network, declared as trained with the outlier loss (only the config changes).
+    checkpoint = torch.load(digits_checkpoint, weights_only=False)
+    checkpoint["config"] = {**checkpoint["config"], "outlier_weight": 1.0}
+    declared = tmp_path / "outliers.pt"
+    torch.save(checkpoint, declared)
+    target = export(declared, tmp_path / "models", "digits", 1, EVALUATION, precision="int8")
+    q = read(target)[0].quantization
+    assert q["outlier_images"] == 64  # 512 x the training's outlier fraction, 0.125
+    assert q["calibration_inputs"] == 2 * 512 + 64
+    assert "on 250 outliers" in capsys.readouterr().out
+    # Asked for explicitly, outliers are used whatever the training did.
+    settings = Int8Settings(calibration_images=64, outlier_images=8)
+    target = export(
+        digits_checkpoint, tmp_path / "m2", "digits", 1, EVALUATION, precision="int8", int8=settings
+    )
+    assert read(target)[0].quantization["calibration_inputs"] == 2 * 64 + 8
+    assert "outliers" not in capsys.readouterr().out  # checked on outliers only if trained so
+
+
 def test_calibration_inputs_tile_then_mix() -> None:
     images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1) * 20
     x = calibration_inputs(images, ensemble_size=3, count=4, mixed=True, seed=1)
@@ -133,13 +156,18 @@ def test_calibration_inputs_tile_then_mix() -> None:
     assert (mixed[:, 0] == tiled[:, 0]).all()
     assert all(len(set(row)) == 3 for row in mixed.tolist())  # three images per row
     assert calibration_inputs(images, 3, 50, mixed=False).shape == (10, 3, 1, 1, 1)
+    outliers = training_outliers(5, (1, 1, 1))
+    assert outliers.dtype == np.float32 and 0.0 <= outliers.min() <= outliers.max() <= 1.0
+    x = calibration_inputs(images, 3, 4, mixed=False, outliers=outliers)
+    assert x.shape == (9, 3, 1, 1, 1)
+    assert (x[4:, :, 0, 0, 0] == outliers[:, None, 0, 0, 0]).all()  # tiled
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
 def test_a_graph_that_strays_is_not_written(
     digits_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str
 ) -> None:
-    strict = {precision: Tolerance(agreement=1.01, probability=0.0)}
+    strict = {precision: Tolerance(agreement=1.01, probability=0.0, flags=1.01)}
     monkeypatch.setattr(training.export, "TOLERANCES", strict)
     repository = tmp_path / "models"
     with pytest.raises(ExportError, match=f"the {precision} graph strays from torch") as info:
@@ -150,12 +178,23 @@ def test_a_graph_that_strays_is_not_written(
     assert files_in(repository) == []
 
 
+def test_flipped_uncertain_flags_alone_refuse(
+    digits_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Top-1 classes and probabilities may pass while the `uncertain` flags flip: still refused.
+    lenient = {"fp16": Tolerance(agreement=0.0, probability=1.0, flags=1.01)}
+    monkeypatch.setattr(training.export, "TOLERANCES", lenient)
+    with pytest.raises(ExportError, match=r"`uncertain` flags agreeing 1\.0000 \(at least 1\.01\)"):
+        export(digits_checkpoint, tmp_path, "digits", 1, EVALUATION, precision="fp16")
+    assert files_in(tmp_path) == []
+
+
 def test_a_failed_int8_export_keeps_the_old_model(
     digits_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = export(digits_checkpoint, tmp_path, "digits", 1, EVALUATION)
     before = target.read_bytes()
-    monkeypatch.setattr(training.export, "TOLERANCES", {"int8": Tolerance(1.01, 0.0)})
+    monkeypatch.setattr(training.export, "TOLERANCES", {"int8": Tolerance(1.01, 0.0, 1.01)})
     with pytest.raises(ExportError):
         export(
             digits_checkpoint, tmp_path, "digits", 1, EVALUATION, True, precision="int8", int8=SMALL
