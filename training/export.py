@@ -331,7 +331,6 @@ def export(
     from training.evaluate import validation_split
 
     config = config_from_dict(checkpoint["config"])
-    quantization: dict[str, Any] = {}
     trained_on_outliers = config.outlier_weight > 0
     quantization: dict[str, Any] = {}
     if precision == "int8":
