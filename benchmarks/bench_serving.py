@@ -15,11 +15,13 @@ alike) and the table gives medians and the ratio to the plain app and the trivia
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -147,6 +149,17 @@ def servers(
     }
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's whole process group, SIGKILL to what is left after 30 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
 def wait_ready(url: str, image: bytes, process: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -206,8 +219,14 @@ def measure_server(
 ) -> dict[int, dict[str, Any]]:
     url = f"http://127.0.0.1:{port}{server.path}"
     with tempfile.TemporaryFile() as log:
+        # A session of its own: stopping it stops its workers too (LitServe's, uvicorn's).
         process = subprocess.Popen(
-            server.command, env=server.env, cwd=server.cwd, stdout=log, stderr=subprocess.STDOUT
+            server.command,
+            env=server.env,
+            cwd=server.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             wait_ready(url, image, process, 120)
@@ -218,11 +237,7 @@ def measure_server(
             sys.stderr.write(log.read().decode(errors="replace")[-3000:])
             raise
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process)
 
 
 def raw_ort(model: Path, image: np.ndarray, threads: int, seconds: float) -> dict[str, float]:
