@@ -27,6 +27,13 @@ def main() -> None:
         print(f"mimo-serve: invalid settings: {problems}", file=sys.stderr)
         sys.exit(2)
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    workers, threads = settings.process_layout()
+    # The workers read their settings from the environment: they see the layout chosen here.
+    os.environ["MIMO_WORKERS"], os.environ["MIMO_THREADS"] = str(workers), str(threads)
+    settings = Settings()
+    logging.getLogger("mimo.service").info(
+        "%d worker process(es), %d ONNX Runtime thread(s) each", workers, threads
+    )
     if settings.workers > 1:
         # prometheus-client's multiprocess mode: every worker writes its samples into one
         # folder, wiped at start so totals from an earlier run do not leak in.
@@ -34,10 +41,6 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
-        if settings.threads == 0:
-            # Workers share the cores: divide them rather than oversubscribe.
-            count = max(1, (os.cpu_count() or 1) // settings.workers)
-            os.environ["MIMO_THREADS"] = str(count)
     uvicorn.run(
         "service.main:create_app",
         factory=True,

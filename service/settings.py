@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -25,14 +26,19 @@ class Settings(BaseSettings):
         le=65535,
         description="Open Inference Protocol gRPC port, as Triton's (0: no gRPC server)",
     )
-    workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="uvicorn worker processes; 0: the rule of `process_layout` (one per core "
+        "the process may use, at most 4; one with MIMO_MODEL_CONTROL=explicit)",
+    )
     max_batch_size: int = Field(32, ge=1, description="images per forward pass at most")
     max_queue_delay_ms: float = Field(
         0.0, ge=0, description="wait for a fuller batch at most (raise it for heavy models)"
     )
     max_queue_size: int = Field(256, ge=1, description="queued images per model before 429")
     inline_below_ms: float = Field(
-        1.0,
+        5.0,
         ge=0,
         description="a lone image runs its forward pass on the event loop when the model's "
         "passes take less than this per image (the hop to the inference thread costs more); "
@@ -85,6 +91,20 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
+
+    def process_layout(self) -> tuple[int, int]:
+        """(workers, ONNX Runtime threads per worker) for the cores this process may use.
+
+        The server's own work (HTTP, decoding, JSON) holds one core per process at load, so
+        small models serve most from one worker per core with one ORT thread each
+        (docs/benchmarks.md); repository control needs a single process, which then gives ORT
+        every core. Explicit MIMO_WORKERS / MIMO_THREADS win; threads are never more than the
+        cores divided among the workers.
+        """
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        workers = self.workers or (1 if self.model_control == "explicit" else min(cores, 4))
+        threads = self.threads or max(1, cores // workers)
+        return workers, threads
 
     @model_validator(mode="after")
     def _control_needs_a_key(self) -> Settings:

@@ -81,6 +81,7 @@ def service_env(repository: Path, port: int, **extra: str) -> dict[str, str]:
         MIMO_GRPC_PORT="0",  # no gRPC unless a test asks for it with a free port
         MIMO_SHUTDOWN_DELAY_S="0",  # stop at once (tests of the shutdown set their own)
         MIMO_THREADS="1",  # modest: the machine is shared
+        MIMO_WORKERS="1",  # one process unless a test asks for more
         MIMO_LOG_LEVEL="warning",
     )
     env.update(extra)
