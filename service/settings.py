@@ -78,6 +78,11 @@ class Settings(BaseSettings):
         description="then requests in flight have this long to be answered before they are cut",
     )
     log_level: str = "info"
+    access_log: bool = Field(
+        False,
+        description="a log line per HTTP request (uvicorn's access log); off by default: the "
+        "metrics count every request, and the line costs ~3 % of the server's CPU under load",
+    )
 
     @field_validator("api_key", mode="before")
     @classmethod
