@@ -16,6 +16,7 @@ from service import oip
 from service.api import health, models, predict, ui, v2
 from service.api.openapi import without_422
 from service.errors import ServiceError
+from service.fastpath import FastPredict
 from service.middleware import BodyLimit, HttpMetrics
 from service.oip_grpc import server as oip_grpc
 from service.pool import BatcherPool
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (predict.router, models.router, v2.router, health.router, ui.router):
         app.include_router(router)
     without_422(app)  # request validation errors answer 400 (`invalid` above)
+    app.add_middleware(FastPredict)  # innermost: inside the metrics and the body limits
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_bytes, max_seconds=settings.request_timeout_s
     )

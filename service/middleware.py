@@ -98,11 +98,15 @@ class BodyLimit:
                 await send_error(send, 408, message, [(b"connection", b"close")])
 
 
-class _TooLarge(Exception):
+class BodyLimitError(Exception):
+    """Raised from the wrapped `receive`: BodyLimit answers it (routes let it through)."""
+
+
+class _TooLarge(BodyLimitError):
     status_code = 413  # what the routes' request counters record for it
 
 
-class _TooSlow(Exception):
+class _TooSlow(BodyLimitError):
     status_code = 408
 
 

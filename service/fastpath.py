@@ -1,0 +1,137 @@
+"""POST /predict with one raw image and plain parameters, served without FastAPI's routing,
+dependency injection and exception layers: the request most clients send, through the same
+stages as the route (service/api/predict.py) and inside the same middleware (metrics, body
+limit, timeouts). Anything else (multipart, an unusual or invalid parameter, another content
+type) goes on to the route, which gives the full validation and its error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from urllib.parse import parse_qsl
+
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service import metrics
+from service.api.predict import INLINE_DECODE_BYTES
+from service.auth import check_api_key
+from service.encode import predict_answer
+from service.errors import ServiceError
+from service.middleware import BodyLimitError
+from service.preprocess import preprocess
+
+log = logging.getLogger("mimo.service")
+_BOOLS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def plain_parameters(query: bytes) -> dict | None:
+    """The route's query parameters when every one is present at most once and valid; None
+    sends the request on to the route (which validates and words the errors)."""
+    values = {
+        "model": None,
+        "version": None,
+        "top_k": 3,
+        "members": True,
+        "member_probabilities": False,
+        "mode": "ensemble",
+    }
+    seen = set()
+    for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if key not in values or key in seen:
+            return None
+        seen.add(key)
+        if key == "model":
+            values[key] = value
+        elif key in ("version", "top_k"):
+            # ASCII digits only ("²" is a digit to str.isdigit, not to int)
+            if not (value.isascii() and value.isdigit() and len(value) <= 9):
+                return None
+            if not 1 <= int(value) <= (1000 if key == "top_k" else 10**9):
+                return None
+            values[key] = int(value)
+        elif key in ("members", "member_probabilities"):
+            if value.lower() not in _BOOLS:
+                return None
+            values[key] = _BOOLS[value.lower()]
+        elif value in ("ensemble", "packed"):
+            values[key] = value
+        else:
+            return None
+    return values
+
+
+async def _send_json(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class FastPredict:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/predict" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
+        params = plain_parameters(scope["query_string"])
+        if params is None or not (
+            ctype.startswith("image/") or ctype == "application/octet-stream"
+        ):
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        state = scope["app"].state
+        settings, registry, pool = state.settings, state.registry, state.pool
+        try:
+            check_api_key(
+                settings.api_key,
+                headers.get(b"authorization", b"").decode("latin-1"),
+                headers.get(b"x-api-key", b"").decode("latin-1"),
+            )
+            served = registry.get(params["model"] or settings.default_model, params["version"])
+            with metrics.counted(served.labels):
+                chunks = []
+                while True:
+                    message = await receive()
+                    chunks.append(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        break
+                data = b"".join(chunks)
+                spec = served.contract.preprocess
+
+                def decode() -> list:
+                    return [preprocess(data, ctype, spec, settings.max_image_pixels)]
+
+                if len(data) <= INLINE_DECODE_BYTES:
+                    images = decode()
+                else:
+                    images = await asyncio.get_running_loop().run_in_executor(None, decode)
+                rows = await pool.infer(served, images, started, packed=params["mode"] == "packed")
+            body = predict_answer(
+                served,
+                rows,
+                [None],
+                params["top_k"],
+                params["members"],
+                params["member_probabilities"],
+            )
+        except ServiceError as exc:
+            error = json.dumps({"error": exc.message}).encode()
+            await _send_json(send, exc.status_code, error, exc.headers)
+            return
+        except (ClientDisconnect, BodyLimitError):
+            raise  # the body limit middleware answers these (413, 408, 499)
+        except Exception as exc:  # as the app's own handler: JSON, the details in the log
+            log.exception("POST /predict failed")
+            error = {"error": f"internal error ({type(exc).__name__}); see the log"}
+            await _send_json(send, 500, json.dumps(error).encode(), {})
+            return
+        await _send_json(send, 200, body, {})
