@@ -7,7 +7,6 @@ type) goes on to the route, which gives the full validation and its error messag
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -17,12 +16,11 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import metrics
-from service.api.predict import INLINE_DECODE_BYTES
 from service.auth import check_api_key
 from service.encode import predict_answer
 from service.errors import ServiceError
 from service.middleware import BodyLimitError
-from service.preprocess import preprocess
+from service.preprocess import preprocess_all
 
 log = logging.getLogger("mimo.service")
 _BOOLS = {"true": True, "false": False, "1": True, "0": False}
@@ -105,15 +103,9 @@ class FastPredict:
                     if not message.get("more_body", False):
                         break
                 data = b"".join(chunks)
-                spec = served.contract.preprocess
-
-                def decode() -> list:
-                    return [preprocess(data, ctype, spec, settings.max_image_pixels)]
-
-                if len(data) <= INLINE_DECODE_BYTES:
-                    images = decode()
-                else:
-                    images = await asyncio.get_running_loop().run_in_executor(None, decode)
+                images = await preprocess_all(
+                    [(data, ctype)], served.contract.preprocess, settings.max_image_pixels
+                )
                 rows = await pool.infer(served, images, started, packed=params["mode"] == "packed")
             body = predict_answer(
                 served,

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -15,14 +13,11 @@ from service import metrics
 from service.deps import ApiKey, PoolDep, RegistryDep, SettingsDep
 from service.encode import predict_answer
 from service.errors import BadRequest, UnsupportedMediaType
-from service.preprocess import ACCEPTED, preprocess
+from service.preprocess import ACCEPTED, preprocess_all
 from service.schemas import ErrorResponse, PredictResponse
 
 router = APIRouter(tags=["predict"])
 
-# Bodies up to this size are decoded on the event loop: a 28x28 PNG takes ~50 us, less than the
-# hand-off to a worker thread and back; bigger ones go to a thread.
-INLINE_DECODE_BYTES = 16 * 1024
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff", "image/webp")
 _binary = {"schema": {"type": "string", "format": "binary"}}
 REQUEST_BODY = {
@@ -132,18 +127,11 @@ async def predict(
                 f"{len(uploads)} images in one request; the limit is "
                 f"{settings.max_images_per_request} (MIMO_MAX_IMAGES_PER_REQUEST)"
             )
-        spec = served.contract.preprocess
-
-        def decode_all() -> list[np.ndarray]:
-            return [
-                preprocess(data, ctype, spec, settings.max_image_pixels)
-                for _, data, ctype in uploads
-            ]
-
-        if sum(len(data) for _, data, _ in uploads) <= INLINE_DECODE_BYTES:
-            images = decode_all()  # tens of microseconds: less than a hop to a thread
-        else:  # big images: decoding is real CPU work, keep it off the event loop
-            images = await asyncio.get_running_loop().run_in_executor(None, decode_all)
+        images = await preprocess_all(
+            [(data, ctype) for _, data, ctype in uploads],
+            served.contract.preprocess,
+            settings.max_image_pixels,
+        )
         rows = await pool.infer(served, images, started, packed=mode == "packed")
     body = predict_answer(
         served, rows, [u[0] for u in uploads], top_k, members, member_probabilities
