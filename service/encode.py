@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from service.postprocess import Packed, Row
+from service.postprocess import Packed, Row, Scored
 from service.registry import ServedModel
 
 
@@ -82,21 +82,19 @@ def predict_answer(
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def _column(batch: Scored, name: str) -> np.ndarray:
+    return batch.uncertain if name == "uncertain" else getattr(batch.u, name)
+
+
 def gather(rows: list[Row], name: str) -> np.ndarray:
     """Output `name` of the request's images, stacked; a slice when they are one run of one
     batch (the usual case: a request's images queue together)."""
     first = rows[0]
-    source = first.batch.uncertain if name == "uncertain" else getattr(first.batch.u, name)
     if all(r.batch is first.batch for r in rows):
         start = first.index
         if [r.index for r in rows] == list(range(start, start + len(rows))):
-            return source[start : start + len(rows)]
-    return np.stack(
-        [
-            (r.batch.uncertain if name == "uncertain" else getattr(r.batch.u, name))[r.index]
-            for r in rows
-        ]
-    )
+            return _column(first.batch, name)[start : start + len(rows)]
+    return np.stack([_column(r.batch, name)[r.index] for r in rows])
 
 
 def oip_tensors(rows: list[Row], names: list[str]) -> dict[str, np.ndarray]:

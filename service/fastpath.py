@@ -7,7 +7,6 @@ type) goes on to the route, which gives the full validation and its error messag
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from urllib.parse import parse_qsl
@@ -19,7 +18,7 @@ from service import metrics
 from service.auth import check_api_key
 from service.encode import predict_answer
 from service.errors import ServiceError
-from service.middleware import BodyLimitError
+from service.middleware import BodyLimitError, send_error, send_json
 from service.preprocess import preprocess_all
 
 log = logging.getLogger("mimo.service")
@@ -60,13 +59,6 @@ def plain_parameters(query: bytes) -> dict | None:
         else:
             return None
     return values
-
-
-async def _send_json(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 class FastPredict:
@@ -116,14 +108,13 @@ class FastPredict:
                 params["member_probabilities"],
             )
         except ServiceError as exc:
-            error = json.dumps({"error": exc.message}).encode()
-            await _send_json(send, exc.status_code, error, exc.headers)
+            extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+            await send_error(send, exc.status_code, exc.message, extra)
             return
         except (ClientDisconnect, BodyLimitError):
             raise  # the body limit middleware answers these (413, 408, 499)
         except Exception as exc:  # as the app's own handler: JSON, the details in the log
             log.exception("POST /predict failed")
-            error = {"error": f"internal error ({type(exc).__name__}); see the log"}
-            await _send_json(send, 500, json.dumps(error).encode(), {})
+            await send_error(send, 500, f"internal error ({type(exc).__name__}); see the log")
             return
-        await _send_json(send, 200, body, {})
+        await send_json(send, 200, body)

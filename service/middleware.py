@@ -12,10 +12,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import metrics
 
 
-async def send_error(
-    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+async def send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    body = json.dumps({"error": message}).encode()
+    """A whole JSON answer straight on the ASGI channel."""
     await send(
         {
             "type": "http.response.start",
@@ -28,6 +28,12 @@ async def send_error(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(
+    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send_json(send, status, json.dumps({"error": message}).encode(), headers)
 
 
 class BodyLimit:
