@@ -19,7 +19,7 @@ from service.auth import check_api_key
 from service.encode import predict_answer
 from service.errors import ServiceError
 from service.middleware import BodyLimitError, send_error, send_json
-from service.preprocess import preprocess_all
+from service.preprocess import is_raw_image, preprocess_all
 
 log = logging.getLogger("mimo.service")
 _BOOLS = {"true": True, "false": False, "1": True, "0": False}
@@ -72,9 +72,7 @@ class FastPredict:
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
         params = plain_parameters(scope["query_string"])
-        if params is None or not (
-            ctype.startswith("image/") or ctype == "application/octet-stream"
-        ):
+        if params is None or not is_raw_image(ctype):
             await self.app(scope, receive, send)
             return
         started = time.monotonic()

@@ -178,6 +178,11 @@ def preprocess(
         ) from None
 
 
+def is_raw_image(content_type: str) -> bool:
+    """A body that is one image (as opposed to multipart): `image/*` or octet-stream."""
+    return content_type.startswith("image/") or content_type == "application/octet-stream"
+
+
 # Bodies up to this size are decoded on the event loop: a 28x28 PNG takes ~50 us, less than the
 # hand-off to a worker thread and back; bigger ones go to a thread.
 INLINE_DECODE_BYTES = 16 * 1024

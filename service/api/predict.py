@@ -13,7 +13,7 @@ from service import metrics
 from service.deps import ApiKey, PoolDep, RegistryDep, SettingsDep
 from service.encode import predict_answer
 from service.errors import BadRequest, UnsupportedMediaType
-from service.preprocess import ACCEPTED, preprocess_all
+from service.preprocess import ACCEPTED, is_raw_image, preprocess_all
 from service.schemas import ErrorResponse, PredictResponse
 
 router = APIRouter(tags=["predict"])
@@ -78,7 +78,7 @@ async def read_images(request: Request, limit: int) -> list[tuple[str | None, by
             return [(f.filename, await f.read(), f.content_type) for f in files]
         finally:
             await form.close()
-    if content_type.startswith("image/") or content_type == "application/octet-stream":
+    if is_raw_image(content_type):
         return [(None, await request.body(), content_type)]
     raise UnsupportedMediaType(
         f"unsupported content type {content_type or '(none)'!r}: send one image as the raw body "
