@@ -1,0 +1,106 @@
+"""docs/results.md from hand-made records whose comparisons are known."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from training.experiments.grid import GridPoint
+from training.experiments.rendering import load_grid, model_card, render, stat
+
+
+def metrics(nll: float, ece: float, accuracy: float = 0.99, heads: int = 1) -> dict[str, Any]:
+    clean = {
+        "accuracy": accuracy,
+        "nll": nll,
+        "ece": ece,
+        "brier": 0.01,
+        "member_accuracy": [accuracy - 0.001] * heads,
+        "disagreement": 0.01 * (heads > 1),
+        "uncertain_fraction": 0.04,
+    }
+    return {
+        "temperature": 1.0,
+        "thresholds": {"mutual_information": 0.01},
+        "clean": clean,
+        "clean_calibrated": {**clean, "nll": nll * 0.9, "ece": ece * 0.9},
+        "corrupted": {"images": 2000, "mean": {"accuracy": 0.5, "nll": 3.0, "ece": 0.2}},
+        "ood_mean": {"mutual_information": {"auroc": 0.98}, "uncertain_fraction": 0.96},
+        "model": {
+            "config": {
+                "arch": "cnn",
+                "width": 1.0,
+                "ensemble_size": heads,
+                "epochs": 3,
+                "input_repetition": 0.0,
+                "batch_repetition": 2,
+                "seed": 0,
+                "outlier_weight": 1.0,
+            }
+        },
+    }
+
+
+def write(root: Path, point: GridPoint, m: dict[str, Any]) -> None:
+    from dataclasses import asdict
+
+    record = {
+        "point": asdict(point),
+        "epochs": 3,
+        "threads": 1,
+        "train_seconds": 300.0,
+        "parameters": 471_166,
+        "metrics": m,
+    }
+    (root / "grid").mkdir(parents=True, exist_ok=True)
+    (root / "grid" / f"{point.name}.json").write_text(json.dumps(record))
+
+
+def test_stat_is_mean_and_sample_deviation() -> None:
+    assert stat([0.5]) == "0.5000"
+    assert stat([1.0, 3.0], digits=1) == "2.0 ± 1.4"
+    assert stat([0.991, 0.993], 2, 100) == "99.20 ± 0.14"
+
+
+def test_configurations_group_seeds(tmp_path: Path) -> None:
+    write(tmp_path, GridPoint(1.0, 3, seed=0), metrics(0.02, 0.002, heads=3))
+    write(tmp_path, GridPoint(1.0, 3, seed=1), metrics(0.04, 0.004, heads=3))
+    write(tmp_path, GridPoint(1.0, 1), metrics(0.03, 0.003))
+    configs, ensembles = load_grid(tmp_path / "grid")
+    assert [c.point.config for c in configs] == ["w1-m1-rho0-plain", "w1-m3-rho0-plain"]
+    assert list(configs[1].values("clean", "nll")) == [0.02, 0.04]
+    assert ensembles == []
+
+
+def test_results_page_says_which_configuration_beats_the_deterministic_network(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, GridPoint(1.0, 1), metrics(0.020, 0.002))
+    write(tmp_path, GridPoint(1.0, 3, 0.5), metrics(0.015, 0.001, heads=3))  # better
+    write(tmp_path, GridPoint(1.0, 2), metrics(0.030, 0.001, heads=2))  # worse NLL
+    ensemble = {"ensemble": {"width": 1.0, "seeds": [0, 1, 2]}, "metrics": metrics(0.01, 0.001)}
+    (tmp_path / "grid" / "w1-ensemble3-012.json").write_text(json.dumps(ensemble))
+    notes = tmp_path / "notes.md"
+    notes.write_text("## What the numbers say\n")
+    output = tmp_path / "results.md"
+    render(output, notes, records=tmp_path)
+    text = output.read_text()
+    against = text.split("### Against")[1].split("###")[0]
+    rows = {r.split(" | ")[1]: r for r in against.splitlines() if r.startswith("| 1 | M=")}
+    assert "-0.0050 | -0.0010 |" in rows["M=3 rho=0.5"]
+    assert rows["M=3 rho=0.5"].endswith("raw and (T) |")
+    assert rows["M=2 rho=0"].endswith("no |")
+    assert "deep ensemble of 3 deterministic" in text
+    assert "471,166" in text
+    assert text.rstrip().endswith("## What the numbers say")
+    assert (tmp_path / "grid.png").stat().st_size > 10_000
+    assert "](grid.png)" in text
+
+
+def test_model_card_states_the_recipe_and_the_numbers() -> None:
+    card = model_card(metrics(0.0165, 0.0041, 0.9948, heads=3), 2, "make default-model", 30)
+    assert card.startswith("# mnist / 2")
+    assert "M=3" in card and "99.48%" in card and "0.0165 / 0.0041" in card
+    assert "outlier-disagreement loss" in card
+    assert "about 30 minutes" in card

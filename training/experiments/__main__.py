@@ -1,0 +1,5 @@
+import sys
+
+from training.experiments.running import main
+
+sys.exit(main())

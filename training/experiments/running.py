@@ -1,0 +1,249 @@
+"""Reproducible experiment pipelines: train, evaluate, export, and record the metrics.
+
+    python -m training.experiments default-model --data-dir ../shared/data/mnist
+    python -m training.experiments grid --data-dir ../shared/data/mnist --widths 1 --seeds 0
+    python -m training.experiments results --data-dir ../shared/data/mnist   # everything
+    python -m training.experiments table   # re-render docs/results.md from the records
+
+Every step is skipped when its output exists, so an interrupted run continues where it stopped.
+Runs (checkpoints, logs) go under --runs; the metrics worth keeping are recorded under
+docs/results/ (small JSON files, committed), which is all `table` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from training.experiments.grid import WIDTHS, GridPoint, parse, points
+from training.experiments.rendering import RECORDS, model_card, render
+from training.files import write_atomic
+
+ROOT = Path(__file__).resolve().parents[2]
+GRID_EVAL_FLAGS = ("--corruption-limit", "2000", "--ood-count", "1000")
+# The 12-epoch comparisons use every corrupted test image and more OOD images.
+FULL_EVAL_FLAGS = ("--corruption-limit", "10000", "--ood-count", "2000")
+DEFAULT_MODEL = "w1-m3-rho0-outlier"  # models/mnist/1, trained 12 epochs
+
+
+def run(args: Sequence[str], log: Path) -> None:
+    """Run `python -m training ...`, appending its output to a log; fail loudly."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("$ python -m training " + " ".join(args), flush=True)
+    with log.open("a") as f:
+        done = subprocess.run(
+            [sys.executable, "-m", "training", *args], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+    if done.returncode:
+        raise SystemExit(f"failed ({done.returncode}); see {log}")
+
+
+def train_and_evaluate(
+    out: Path, data_dir: str, flags: Sequence[str], eval_flags: Sequence[str]
+) -> dict[str, Any]:
+    if not (out / "model.pt").exists():
+        command = ["train", "--preset", "mnist", "--data-dir", data_dir, "--out-dir", str(out)]
+        command += flags
+        if (out / "last.pt").exists():
+            command += ["--resume", str(out / "last.pt")]
+        run(command, out / "train.log")
+    return evaluate(out / "eval", [out / "model.pt"], eval_flags)
+
+
+def evaluate(out: Path, checkpoints: Sequence[Path], eval_flags: Sequence[str]) -> dict[str, Any]:
+    if not (out / "metrics.json").exists():
+        run(
+            ["evaluate", "--checkpoint", *map(str, checkpoints), "--out", str(out), *eval_flags],
+            out.parent / "evaluate.log",
+        )
+    return json.loads((out / "metrics.json").read_text())
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(record, indent=1) + "\n")
+
+
+def train_log(log: Path) -> tuple[float, int]:
+    """Training seconds (sum of the epoch records; a resumed run appends its own) and the
+    parameter count, from what `python -m training train` printed."""
+    seconds, parameters = 0.0, 0
+    for text in log.read_text().splitlines():
+        if text.startswith("{") and '"seconds"' in text:
+            seconds += float(json.loads(text)["seconds"])
+        elif text.startswith("training ") and " parameters" in text:
+            parameters = int(text.split(" parameters")[0].rsplit(" ", 1)[1].replace(",", ""))
+    return seconds, parameters
+
+
+def trained_record(
+    out: Path, data_dir: str, flags: Sequence[str], eval_flags: Sequence[str], **extra: Any
+) -> dict[str, Any]:
+    metrics = train_and_evaluate(out, data_dir, flags, eval_flags)
+    seconds, parameters = train_log(out / "train.log")
+    return {**extra, "train_seconds": seconds, "parameters": parameters, "metrics": metrics}
+
+
+def grid_point(point: GridPoint, runs: Path, data_dir: str, epochs: int, threads: int) -> Path:
+    """Train and evaluate one grid point; record it under docs/results/grid/."""
+    record = RECORDS / "grid" / f"{point.name}.json"
+    if record.exists():
+        return record
+    flags = (*point.flags(), "--epochs", str(epochs), "--threads", str(threads))
+    out = runs / "grid" / point.name
+    data = trained_record(
+        out, data_dir, flags, GRID_EVAL_FLAGS, point=asdict(point), epochs=epochs, threads=threads
+    )
+    write_record(record, data)
+    print(f"done {point.name}", flush=True)
+    return record
+
+
+def grid_ensembles(runs: Path, width: float, seeds: Sequence[int]) -> None:
+    """Deep ensembles of 3 deterministic networks: consecutive triples of the seeds given."""
+    for i in range(0, len(seeds) - 2, 3):
+        triple = seeds[i : i + 3]
+        name = f"w{width:g}-ensemble3-" + "".join(str(s) for s in triple)
+        record = RECORDS / "grid" / f"{name}.json"
+        if record.exists():
+            continue
+        members = [runs / "grid" / GridPoint(width, 1, seed=s).name / "model.pt" for s in triple]
+        missing = [str(m) for m in members if not m.exists()]
+        if missing:
+            print(f"skip {name}: no {missing}", flush=True)
+            continue
+        metrics = evaluate(runs / "grid" / name / "eval", members, GRID_EVAL_FLAGS)
+        ensemble = {"width": width, "seeds": list(triple)}
+        write_record(record, {"ensemble": ensemble, "metrics": metrics})
+        print(f"done {name}", flush=True)
+
+
+def grid(args: argparse.Namespace) -> None:
+    runs = Path(args.runs)
+    chosen = [
+        p
+        for p in points(tuple(args.widths), tuple(args.seeds))
+        if not args.only or p.config in args.only
+    ]
+    print(f"{len(chosen)} grid points, {args.jobs} at a time", flush=True)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        done = [
+            pool.submit(grid_point, p, runs, args.data_dir, args.epochs, args.threads)
+            for p in chosen
+        ]
+        for future in done:
+            future.result()
+    if args.ensembles:
+        for width in args.widths:
+            grid_ensembles(runs, width, args.ensemble_seeds)
+
+
+def baseline(args: argparse.Namespace) -> None:
+    """The deterministic network at the default model's budget (12 epochs), evaluated alike."""
+    record = RECORDS / "baseline" / "det12-s0.json"
+    if record.exists():
+        return
+    point = GridPoint(1.0, 1)
+    flags = (*point.flags(), "--epochs", "12", "--threads", str(args.threads))
+    out = Path(args.runs) / "baseline" / "det12-s0"
+    data = trained_record(out, args.data_dir, flags, FULL_EVAL_FLAGS, point=asdict(point))
+    write_record(record, {**data, "epochs": 12})
+
+
+def results(args: argparse.Namespace) -> None:
+    """Everything docs/results.md shows: the grid, the deep ensembles, the 12-epoch baseline."""
+    args.ensembles = True
+    grid(args)
+    args.threads = 0  # the baseline trains alone: all cores
+    baseline(args)
+    table(args)
+
+
+def table(args: argparse.Namespace) -> None:
+    render(Path(args.output), Path(args.notes))
+
+
+def default_model(args: argparse.Namespace) -> None:
+    """Train `--config` for `--epochs`, evaluate on everything, export models/mnist/<version>."""
+    point = parse(f"{args.config}-s{args.seed}")
+    runs = Path(args.runs) / f"default-{args.config}-e{args.epochs}-s{args.seed}"
+    flags = (*point.flags(), "--epochs", str(args.epochs))
+    if args.threads:
+        flags += ("--threads", str(args.threads))
+    metrics = train_and_evaluate(runs, args.data_dir, flags, FULL_EVAL_FLAGS)
+    target = ROOT / "models" / "mnist" / str(args.version)
+    run(
+        [
+            "export",
+            "--checkpoint",
+            str(runs / "model.pt"),
+            "--evaluation",
+            str(runs / "eval" / "metrics.json"),
+            "--repository",
+            str(ROOT / "models"),
+            "--name",
+            "mnist",
+            "--version",
+            str(args.version),
+            "--force",
+        ],
+        runs / "export.log",
+    )
+    for name in ("metrics.json", "report.md", "reliability.png"):
+        shutil.copyfile(runs / "eval" / name, target / name)
+    seconds, _ = train_log(runs / "train.log")
+    reproduce = (
+        f"python -m training.experiments default-model --data-dir <mnist> --config {args.config} "
+        f"--epochs {args.epochs} --seed {args.seed} --version {args.version}"
+    )
+    minutes = round(seconds / 60 + 5)  # + evaluation and export
+    write_atomic(target / "README.md", model_card(metrics, args.version, reproduce, minutes))
+    print(f"model: {target / 'model.onnx'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.experiments", description=__doc__)
+    parser.add_argument("--runs", default="runs", help="where runs are written")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("default-model", help="train, evaluate and export models/mnist/<version>")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--config", default=DEFAULT_MODEL, help="a grid configuration name")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.set_defaults(run=default_model)
+
+    for name, fn in (("grid", grid), ("results", results)):
+        p = sub.add_parser(name, help=(fn.__doc__ or "").split("\n")[0])
+        p.add_argument("--data-dir", required=True)
+        p.add_argument("--widths", type=float, nargs="+", default=list(WIDTHS))
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        p.add_argument("--only", nargs="+", help="configuration names (w1-m3-rho0.5-outlier ...)")
+        p.add_argument("--epochs", type=int, default=3)
+        p.add_argument("--jobs", type=int, default=2, help="trainings at a time")
+        p.add_argument("--threads", type=int, default=1, help="torch threads per training")
+        p.add_argument("--ensembles", action="store_true", help="deep ensembles of the M=1 seeds")
+        p.add_argument("--ensemble-seeds", type=int, nargs="+", default=[0, 1, 2])
+        p.set_defaults(run=fn)
+
+    rendered = sub.add_parser("table", help="render docs/results.md from docs/results/ only")
+    rendered.set_defaults(run=table)
+    for p in (sub.choices["results"], rendered):
+        p.add_argument("--output", default=str(ROOT / "docs" / "results.md"))
+        p.add_argument(
+            "--notes",
+            default=str(ROOT / "docs" / "results-notes.md"),
+            help="hand-written discussion appended to the tables",
+        )
+    args = parser.parse_args(argv)
+    args.run(args)
+    return 0
