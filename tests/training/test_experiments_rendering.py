@@ -17,6 +17,7 @@ def metrics(nll: float, ece: float, accuracy: float = 0.99, heads: int = 1) -> d
         "ece": ece,
         "brier": 0.01,
         "member_accuracy": [accuracy - 0.001] * heads,
+        "member_nll": [nll + 0.001 * (heads > 1)] * heads,
         "disagreement": 0.01 * (heads > 1),
         "uncertain_fraction": 0.04,
     }
@@ -92,6 +93,8 @@ def test_results_page_says_which_configuration_beats_the_deterministic_network(
     assert rows["M=3 rho=0.5"].endswith("raw and (T) |")
     assert rows["M=2 rho=0"].endswith("no |")
     assert "deep ensemble of 3 deterministic" in text
+    clean = text.split("### Against")[0]
+    assert "| 0.0010 |" in clean.split("M=3 rho=0.5")[1].splitlines()[0]  # the ensemble gain
     assert "471,166" in text
     assert text.rstrip().endswith("## What the numbers say")
     assert (tmp_path / "grid.png").stat().st_size > 10_000

@@ -91,6 +91,16 @@ def _members(config: Config | Ensemble) -> float:
     return float(np.mean(accuracies))
 
 
+def _gain(config: Config | Ensemble) -> float:
+    """How much averaging the heads lowers the NLL: 0 when the heads are copies of each other
+    (or there is one head), larger the more independent their errors are."""
+    gains = [
+        np.mean(r["metrics"]["clean"]["member_nll"]) - r["metrics"]["clean"]["nll"]
+        for r in config.records
+    ]
+    return float(np.mean(gains))
+
+
 def grid_section(configs: list[Config], ensembles: list[Ensemble]) -> list[str]:
     if not configs:
         return []
@@ -102,7 +112,9 @@ def grid_section(configs: list[Config], ensembles: list[Ensemble]) -> list[str]:
         "thread per training (two at a time on 2 cores); MIMO with batch repetition r = 2, the "
         "deterministic network (M = 1) with r = 1. Width multiplies every channel count of the "
         "small CNN. Mean ± sample standard deviation over the seeds (`runs`). `(T)`: after "
-        "temperature scaling on the validation split. Records: `docs/results/grid/`.",
+        "temperature scaling on the validation split. `ensemble gain`: mean member NLL minus "
+        "the ensemble's NLL, 0 when the heads are copies of each other: the larger, the more "
+        "independent the subnetworks. Records: `docs/results/grid/`.",
         "",
         line(
             [
@@ -117,10 +129,11 @@ def grid_section(configs: list[Config], ensembles: list[Ensemble]) -> list[str]:
                 "NLL (T)",
                 "ECE (T)",
                 "members % (mean)",
+                "ensemble gain (NLL)",
                 "disagreement",
             ]
         ),
-        line(["---"] * 12),
+        line(["---"] * 13),
     ]
     for c in configs:
         seconds = [r["train_seconds"] / r["epochs"] for r in c.records]
@@ -138,6 +151,7 @@ def grid_section(configs: list[Config], ensembles: list[Ensemble]) -> list[str]:
                     stat(c.values("clean_calibrated", "nll")),
                     stat(c.values("clean_calibrated", "ece")),
                     f"{100 * _members(c):.2f}",
+                    f"{_gain(c):.4f}",
                     stat(c.values("clean", "disagreement")),
                 ]
             )
@@ -157,6 +171,7 @@ def grid_section(configs: list[Config], ensembles: list[Ensemble]) -> list[str]:
                     stat(e.values("clean_calibrated", "nll")),
                     stat(e.values("clean_calibrated", "ece")),
                     f"{100 * _members(e):.2f}",
+                    f"{_gain(e):.4f}",
                     stat(e.values("clean", "disagreement")),
                 ]
             )
@@ -253,8 +268,9 @@ def plot_grid(configs: list[Config], ensembles: list[Ensemble], target: Path) ->
         (("clean", "nll"), "clean NLL"),
         (("clean", "ece"), "clean ECE"),
         (None, "member accuracy % (mean of heads)"),
+        ("gain", "ensemble gain: mean member NLL - ensemble NLL"),
     )
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.6))
     labels = sorted({c.label for c in configs}, key=lambda s: (s != "deterministic", s))
     for ax, (path, title) in zip(axes, panels, strict=True):
         for label in labels:
@@ -262,6 +278,9 @@ def plot_grid(configs: list[Config], ensembles: list[Ensemble], target: Path) ->
             widths = [c.point.width for c in series]
             if path is None:
                 means = [100 * _members(c) for c in series]
+                errors = [0.0] * len(series)
+            elif path == "gain":
+                means = [_gain(c) for c in series]
                 errors = [0.0] * len(series)
             else:
                 means = [float(c.values(*path).mean()) for c in series]
@@ -271,7 +290,7 @@ def plot_grid(configs: list[Config], ensembles: list[Ensemble], target: Path) ->
             width = 2.5 if label == "deterministic" else 1.2
             ax.errorbar(widths, means, yerr=errors, fmt="o" + style, lw=width, capsize=3,
                         label=label)  # fmt: skip
-        if path is not None and ensembles:
+        if isinstance(path, tuple) and ensembles:
             ax.plot(
                 [e.width for e in ensembles],
                 [float(e.values(*path).mean()) for e in ensembles],
