@@ -23,8 +23,6 @@ __all__ = [
     "ensemble_nll",
     "fit_temperature",
     "log_softmax",
-    "member_probabilities",
-    "nll",
     "ood_metrics",
     "percentile_thresholds",
     "reliability_bins",
@@ -65,23 +63,10 @@ def _check_probs_labels(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarr
     return p, y.astype(np.int64)
 
 
-def member_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Per-member probabilities ``[N, M, K]`` from logits ``[N, M, K]`` at a temperature."""
-    _check_temperature(temperature)
-    return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=-1)
-
-
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy of probabilities ``[N, K]``."""
     p, y = _check_probs_labels(probs, labels)
     return float(np.mean(np.argmax(p, axis=1) == y))
-
-
-def nll(probs: np.ndarray, labels: np.ndarray, eps: float = 1e-12) -> float:
-    """Mean negative log-likelihood; ``eps`` keeps a confident mistake finite."""
-    p, y = _check_probs_labels(probs, labels)
-    picked = p[np.arange(len(y)), y]
-    return float(-np.mean(np.log(np.maximum(picked, eps))))
 
 
 def ensemble_nll(member_logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -15,8 +13,6 @@ from training.metrics import (
     ensemble_nll,
     fit_temperature,
     log_softmax,
-    member_probabilities,
-    nll,
     ood_metrics,
     percentile_thresholds,
     reliability_bins,
@@ -41,28 +37,9 @@ def test_softmax_is_stable_and_normalised() -> None:
     np.testing.assert_allclose(np.exp(log_softmax(logits)), p)
 
 
-def test_member_probabilities_applies_temperature() -> None:
-    logits = np.random.default_rng(0).normal(size=(4, 3, 5))
-    p = member_probabilities(logits, temperature=2.0)
-    assert p.shape == (4, 3, 5)
-    np.testing.assert_allclose(p, softmax(logits / 2.0))
-    with pytest.raises(ValueError):
-        member_probabilities(logits, temperature=0.0)
-
-
 def test_accuracy() -> None:
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     assert accuracy(probs, np.array([0, 1, 1, 0])) == 0.5
-
-
-def test_nll_of_uniform_is_log_k() -> None:
-    k = 7
-    probs = np.full((5, k), 1.0 / k)
-    assert nll(probs, np.arange(5)) == pytest.approx(math.log(k))
-
-
-def test_nll_is_finite_for_a_confident_mistake() -> None:
-    assert nll(np.array([[1.0, 0.0]]), np.array([1])) == pytest.approx(-math.log(1e-12))
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
@@ -71,8 +48,15 @@ def test_ensemble_nll_matches_nll_of_mean_probability(temperature: float) -> Non
     logits = rng.normal(scale=4.0, size=(50, 3, 10))
     labels = rng.integers(0, 10, size=50)
     mean_probs = softmax(logits / temperature).mean(axis=1)
-    expected = nll(mean_probs, labels)
+    expected = -np.mean(np.log(mean_probs[np.arange(50), labels]))
     assert ensemble_nll(logits, labels, temperature) == pytest.approx(expected, rel=1e-10)
+
+
+def test_ensemble_nll_refuses_a_non_positive_temperature() -> None:
+    logits = np.zeros((2, 3, 4))
+    for temperature in (0.0, -1.0):
+        with pytest.raises(ValueError, match="temperature must be positive"):
+            ensemble_nll(logits, np.array([0, 1]), temperature)
 
 
 def test_ensemble_nll_survives_underflowing_probabilities() -> None:
@@ -172,7 +156,7 @@ def test_percentile_thresholds() -> None:
 
 def test_shape_errors() -> None:
     with pytest.raises(ValueError):
-        nll(np.ones((3, 2)) / 2, np.array([0, 1]))
+        accuracy(np.ones((3, 2)) / 2, np.array([0, 1]))
     with pytest.raises(ValueError):
         ensemble_nll(np.zeros((3, 2)), np.array([0, 1, 0]))
     with pytest.raises(ValueError):
