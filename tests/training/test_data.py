@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import pickle
 import re
 import struct
@@ -23,12 +24,13 @@ from training.data import (
     split_validation,
 )
 
-MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
+ROOT = Path(__file__).resolve().parents[2]
+# As tests/test_default_model.py: $MNIST_DIR (the Makefile sets it), else the shared data folder.
+MNIST_DIR = Path(os.environ.get("MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-needs_mnist = pytest.mark.skipif(
-    not MNIST_DIR.is_dir(), reason=f"real MNIST files not present at {MNIST_DIR}"
-)
+MNIST_MISSING = f"no MNIST files at {MNIST_DIR} (set MNIST_DIR)"
+needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=MNIST_MISSING)
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
@@ -54,7 +56,7 @@ def digits_train() -> ImageDataset:
 @pytest.fixture(scope="module")
 def mnist_test() -> ImageDataset:
     if not MNIST_DIR.is_dir():
-        pytest.skip(f"real MNIST files not present at {MNIST_DIR}")
+        pytest.skip(MNIST_MISSING)
     return load_dataset("mnist", "test", MNIST_DIR)
 
 
