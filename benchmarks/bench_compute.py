@@ -1,14 +1,14 @@
 """One MIMO forward pass beside an ensemble of M separate networks, on ONNX Runtime's CPU.
 
 For each network and each M, the MIMO network is built with training's own code
-(`training.models.build_network`), exported with training's own exporter
-(`training.export.to_onnx_bytes`: opset 17, dynamic batch) and loaded with the service's session
-options (`service.runtime.create_session`). Its input is one image tiled into the M slots, as
-`ServedModel.infer` does (the tiling is timed with the call). Beside it, a deep ensemble: M
-separately initialised M=1 networks, each in its own session, run one after the other on the
-same images (what one would do without MIMO). Weights are untrained (this measures speed only);
-BatchNorm statistics come from two train-mode passes on random images so that activations have
-a realistic scale.
+(`training.models.build_network`), exported with training's own converter
+(`training.conversion.to_onnx_bytes`: opset 17, dynamic batch) and loaded with the service's
+session options (`service.runtime.create_session`). Its input is one image tiled into the M
+slots, as `ServedModel.infer` does (the tiling is timed with the call). Beside it, a deep
+ensemble: M separately initialised M=1 networks, each in its own session, run one after the
+other on the same images (what one would do without MIMO). Weights are untrained (this measures
+speed only); BatchNorm statistics come from two train-mode passes on random images so that
+activations have a realistic scale.
 
     python benchmarks/bench_compute.py                            # the full run (minutes)
     python benchmarks/bench_compute.py --networks mnist-cnn --members 1 2 --batches 1 \
@@ -56,7 +56,7 @@ from torch import nn  # noqa: E402
 
 from service.runtime import create_session  # noqa: E402
 from training.config import PRESETS  # noqa: E402
-from training.export import OPSET, to_onnx_bytes  # noqa: E402
+from training.conversion import OPSET, to_onnx_bytes  # noqa: E402
 from training.models import MimoNetwork, build_network  # noqa: E402
 
 MNIST = PRESETS["mnist"]  # the default model's recipe (models/mnist/1)

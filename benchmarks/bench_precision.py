@@ -126,7 +126,8 @@ def write_synthetic(name: str, folder: Path, calibration_images: int = 128) -> l
     import torch
 
     from service.contract import ModelContract
-    from training.export import to_onnx_bytes, with_metadata
+    from training.conversion import to_onnx_bytes
+    from training.export import with_metadata
     from training.models import build_network
     from training.quantize import Int8Settings, calibration_inputs, quantize_int8, to_fp16
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_compute import NETWORKS, make_network  # noqa: E402
 
 from service.contract import ModelContract  # noqa: E402
-from training.export import to_onnx_bytes  # noqa: E402
+from training.conversion import to_onnx_bytes  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,8 +49,8 @@ def model_repository(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(scope="session")
 def precision_repository(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """<repo>/digits/{1,2,3}/model.onnx: the digits model exported as fp32, int8 and fp16."""
+    from training.calibration import calibrate_checkpoint
     from training.checkpoint import load_checkpoint
-    from training.evaluate import calibrate_checkpoint
     from training.export import export
 
     repo = tmp_path_factory.mktemp("precisions")

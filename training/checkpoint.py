@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -11,20 +10,15 @@ from typing import Any
 import torch
 
 from training.config import TrainConfig
+from training.files import write_atomic
 from training.models import MimoNetwork, build_network
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file in the same folder, so a crash never leaves half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """torch.save, written atomically (training/files.py), so a crash never leaves half."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:

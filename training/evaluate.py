@@ -10,73 +10,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from tqdm import tqdm
 
 from service.contract import contract_of
 from service.uncertainty import ensemble_uncertainty
 from training import metrics
+from training.calibration import calibrate, validation_split
+from training.checkpoint import config_from_dict, load_checkpoint, model_from_checkpoint
+from training.conversion import to_onnx_bytes
 from training.corruptions import CORRUPTIONS, corrupt
-from training.data import ImageDataset, load_dataset, split_validation
+from training.data import ImageDataset, load_dataset
+from training.files import write_atomic
 from training.ood import EVALUATION_FAMILIES, TRAINING_FAMILIES, invert, make_ood
+from training.predictor import OnnxPredictor, as_float
 
 SCORES = ("mutual_information", "predictive_entropy", "max_probability")
-
-
-@dataclass
-class OnnxPredictor:
-    """One or more ONNX graphs (contract signature); their heads are pooled: [N, sum M, K]."""
-
-    sessions: list[ort.InferenceSession]
-    ensemble_sizes: list[int]
-
-    @classmethod
-    def from_bytes(cls, graphs: Sequence[bytes | str], threads: int = 0) -> OnnxPredictor:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        sessions = [
-            ort.InferenceSession(g, options, providers=["CPUExecutionProvider"]) for g in graphs
-        ]
-        sizes = [int(s.get_inputs()[0].shape[1]) for s in sessions]
-        return cls(sessions, sizes)
-
-    @property
-    def forward_passes(self) -> int:
-        return len(self.sessions)
-
-    def __call__(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-        """float32 [N, C, H, W] in [0, 1] -> logits [N, sum of M, K], each image tiled."""
-        out = []
-        for start in range(0, len(images), batch_size):
-            x = np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32)
-            heads = [
-                s.run(["logits"], {"images": np.repeat(x[:, None], m, axis=1)})[0]
-                for s, m in zip(self.sessions, self.ensemble_sizes, strict=True)
-            ]
-            out.append(np.concatenate(heads, axis=1))
-        return np.concatenate(out)
-
-    def seconds_per_image(self, shape: tuple[int, ...], batch: int, repeats: int = 20) -> float:
-        """Median wall time of one call at a batch size, divided by the batch size."""
-        x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
-        self(x, batch)  # warm-up
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            self(x, batch)
-            times.append(time.perf_counter() - t)
-        return float(np.median(times)) / batch
-
-
-def as_float(images: np.ndarray) -> np.ndarray:
-    return images.astype(np.float32) / 255.0
 
 
 def classification_metrics(
@@ -99,16 +52,6 @@ def classification_metrics(
         "member_nll": member_nll,
         "disagreement": float(u.disagreement.mean()),
         "mutual_information": float(u.mutual_information.mean()),
-    }
-
-
-def calibrate(val_logits: np.ndarray, val_labels: np.ndarray) -> dict[str, Any]:
-    """Temperature fitted on validation data, and the 95th percentiles at that temperature."""
-    temperature = metrics.fit_temperature(val_logits, val_labels)
-    u = ensemble_uncertainty(val_logits, temperature)
-    return {
-        "temperature": temperature,
-        "thresholds": metrics.percentile_thresholds(u.measures(), 95.0),
     }
 
 
@@ -213,9 +156,6 @@ def evaluate(
 
 
 def load_checkpoints(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], OnnxPredictor]:
-    from training.checkpoint import load_checkpoint, model_from_checkpoint
-    from training.export import to_onnx_bytes
-
     checkpoints = [load_checkpoint(p) for p in paths]
     splits = {_split_of(c) for c in checkpoints}
     if len(splits) > 1:
@@ -229,29 +169,8 @@ def load_checkpoints(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]],
 
 
 def _split_of(checkpoint: dict[str, Any]) -> tuple[str, int, int]:
-    from training.checkpoint import config_from_dict
-
     config = config_from_dict(checkpoint["config"])
     return config.dataset, config.val_size, config.split_seed
-
-
-def validation_split(checkpoint: dict[str, Any]) -> ImageDataset:
-    """The validation split the training run held out (same dataset, size and seed)."""
-    from training.checkpoint import config_from_dict
-
-    config = config_from_dict(checkpoint["config"])
-    full = load_dataset(config.dataset, "train", config.data_dir, config.image_size, config.color)
-    return split_validation(full, config.val_size, seed=config.split_seed)[1]
-
-
-def calibrate_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """Temperature and thresholds of one checkpoint on its own validation split."""
-    from training.checkpoint import model_from_checkpoint
-    from training.export import to_onnx_bytes
-
-    predictor = OnnxPredictor.from_bytes([to_onnx_bytes(model_from_checkpoint(checkpoint))])
-    val = validation_split(checkpoint)
-    return calibrate(predictor(as_float(val.images)), val.labels)
 
 
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -273,7 +192,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from training.report import write_report
+    from training.report import write_report  # matplotlib: loaded only to write a report
 
     if args.onnx:
         predictor = OnnxPredictor.from_bytes([str(Path(args.onnx))])
@@ -306,7 +225,7 @@ def _run(args: argparse.Namespace) -> int:
     result["model"] = describe
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    write_atomic(out / "metrics.json", json.dumps(result, indent=2))
     write_report(result, logits, test.labels, out)
     c = result["clean"]
     print(

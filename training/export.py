@@ -11,12 +11,8 @@ validation split, tiled as served) within that precision's tolerance, or nothing
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
 import subprocess
-import tempfile
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,8 +24,11 @@ import torch
 
 from service.contract import NAME_PATTERN, ModelContract, contract_of
 from service.uncertainty import ensemble_uncertainty
+from training.calibration import calibrate_checkpoint, validation_split
 from training.checkpoint import config_from_dict, load_checkpoint, model_from_checkpoint
+from training.conversion import to_onnx_bytes
 from training.data import load_dataset, split_validation
+from training.files import write_atomic
 from training.metrics import softmax
 from training.models import MimoNetwork
 from training.quantize import (
@@ -41,7 +40,6 @@ from training.quantize import (
     training_outliers,
 )
 
-OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max abs difference of logits between ONNX Runtime and torch
 
 
@@ -65,27 +63,6 @@ AGREEMENT_IMAGES = 1000  # validation images the lower-precision check runs on, 
 
 class ExportError(RuntimeError):
     pass
-
-
-def to_onnx_bytes(model: MimoNetwork) -> bytes:
-    """The bare graph: input `images` [batch, M, C, H, W], output `logits` [batch, M, K]."""
-    model = model.eval()
-    c, h, w = model.input_shape
-    dummy = torch.rand(2, model.ensemble_size, c, h, w)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-        torch.onnx.export(
-            model,
-            (dummy,),
-            buffer,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    return buffer.getvalue()
 
 
 def code_version() -> str:
@@ -271,25 +248,6 @@ def check_agreement(
     return found
 
 
-def write_atomic(data: bytes, target: Path) -> None:
-    """Write beside the repository (hidden temp file), fsync, then rename into place."""
-    target.parent.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent.parent, prefix=".export-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # mkstemp makes the file private (0600): a service running as another user could
-            # not read the model. Give it the mode of an ordinary file.
-            os.fchmod(f.fileno(), 0o644)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        target.parent.mkdir(exist_ok=True)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def export(
     checkpoint_path: str | Path,
     repository: str | Path,
@@ -317,18 +275,14 @@ def export(
         checkpoint["config"] = {**checkpoint["config"], "data_dir": str(data_dir)}
     model = model_from_checkpoint(checkpoint)
     if evaluation is None:
-        from training.evaluate import calibrate_checkpoint
-
         evaluation = calibrate_checkpoint(checkpoint)
     contract = build_contract(checkpoint, evaluation)
     data = with_metadata(to_onnx_bytes(model), contract)
     worst = check_parity(model, data, str(target))
     if precision == "fp32":
-        write_atomic(data, target)
+        write_atomic(target, data, staging=target.parent.parent)
         print(f"wrote {target} ({len(data) / 1e6:.2f} MB, parity max |diff| {worst:.1e})")
         return target
-
-    from training.evaluate import validation_split
 
     config = config_from_dict(checkpoint["config"])
     trained_on_outliers = config.outlier_weight > 0
@@ -369,7 +323,7 @@ def export(
         else None
     )
     found = check_agreement(model, data, contract, images, outliers, precision, str(target))
-    write_atomic(data, target)
+    write_atomic(target, data, staging=target.parent.parent)
     on_outliers = (
         f", on {found['outliers']} outliers {found['outlier_uncertain_agreement']:.4f}"
         if "outliers" in found

@@ -18,6 +18,7 @@ digits is written. Needs numpy, Pillow and onnxruntime only (no torch).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from service.uncertainty import EnsembleUncertainty, ensemble_uncertainty
 from training.data import load_dataset
+from training.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "models" / "mnist" / "1" / "model.onnx"
@@ -147,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, pixels in images.items():
         path = args.out / f"{name}.png"
-        Image.fromarray(pixels, "L").save(path, optimize=True)
+        png = io.BytesIO()
+        Image.fromarray(pixels, "L").save(png, format="PNG", optimize=True)
+        write_atomic(path, png.getvalue())
         print(describe(name, model(pixels[None]), model.threshold), "->", path)
     return 0
 

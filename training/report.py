@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from service.uncertainty import softmax
+from training.files import write_atomic
 from training.metrics import reliability_bins
 
 
@@ -44,8 +46,10 @@ def reliability_diagram(probs: np.ndarray, labels: np.ndarray, path: Path, title
     bottom.set_xlabel("confidence (top label, 15 bins)")
     bottom.set_ylabel("share")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100)
     plt.close(fig)
+    write_atomic(path, image.getvalue())
 
 
 def _row(name: str, r: dict[str, Any]) -> str:
@@ -110,7 +114,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write_report(result: dict[str, Any], logits: np.ndarray, labels: np.ndarray, out: Path) -> None:
-    (out / "report.md").write_text(markdown(result))
+    write_atomic(out / "report.md", markdown(result))
     probs = softmax(logits, result["temperature"]).mean(axis=1)
     reliability_diagram(
         probs, labels, out / "reliability.png", f"{result['dataset']}, temperature-scaled"

@@ -16,22 +16,16 @@ from service.contract import ModelContract, parse_contract
 from service.uncertainty import MEASURES, ensemble_uncertainty
 from training import metrics
 from training.__main__ import main
+from training.calibration import calibrate, validation_split
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import PRESETS, with_overrides
+from training.conversion import to_onnx_bytes
 from training.corruptions import CORRUPTIONS
 from training.data import ImageDataset, load_dataset
-from training.evaluate import (
-    SCORES,
-    OnnxPredictor,
-    as_float,
-    calibrate,
-    classification_metrics,
-    evaluate,
-    load_checkpoints,
-    validation_split,
-)
-from training.export import export, to_onnx_bytes
+from training.evaluate import SCORES, classification_metrics, evaluate, load_checkpoints
+from training.export import export
 from training.ood import EVALUATION_FAMILIES, TRAINING_FAMILIES
+from training.predictor import OnnxPredictor, as_float
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LIMITS = ["--corruption-limit", "24", "--ood-count", "24"]

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import training.export
+import training.files
 from service.contract import REQUIRED_KEYS, ModelContract, parse_contract
 from service.uncertainty import MEASURES
 from training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -169,7 +170,7 @@ def test_failed_write_leaves_no_temporary_file(
     def fail(*args: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(training.export.os, "replace", fail)
+    monkeypatch.setattr(training.files.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         export(digits_checkpoint, tmp_path, "digits", 1, EVALUATION)
     assert files_in(tmp_path) == []
