@@ -7,6 +7,7 @@ docs/results/baseline/det12-s0.json; the default model its models/mnist/1/metric
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -304,9 +305,10 @@ def plot_grid(configs: list[Config], ensembles: list[Ensemble], target: Path) ->
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, dpi=110, format="png")
     plt.close(fig)
+    write_atomic(target, png.getvalue())
 
 
 def headline_section(baseline: Path, default: Path) -> list[str]:
