@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from service.postprocess import Packed, Row, Scored
+from service.postprocess import Answers, Packed, Row, Scored
 from service.registry import ServedModel
 
 
@@ -82,8 +82,17 @@ def predict_answer(
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _column(batch: Scored, name: str) -> np.ndarray:
-    return batch.uncertain if name == "uncertain" else getattr(batch.u, name)
+def _column(batch: Answers, name: str) -> np.ndarray:
+    if name == "probabilities":  # the ensemble mean, or the answering head's (packed)
+        return batch.p
+    if isinstance(batch, Packed):
+        if name == "head":
+            return batch.heads
+    elif isinstance(batch, Scored):
+        if name == "uncertain":
+            return batch.uncertain
+        return getattr(batch.u, name)
+    raise ValueError(f"a {type(batch).__name__} batch has no output {name!r}")
 
 
 def gather(rows: list[Row], name: str) -> np.ndarray:
@@ -97,11 +106,14 @@ def gather(rows: list[Row], name: str) -> np.ndarray:
     return np.stack([_column(r.batch, name)[r.index] for r in rows])
 
 
+DTYPES = {"uncertain": np.dtype(np.bool_), "head": np.dtype("<i4")}  # others: FP32
+
+
 def oip_tensors(rows: list[Row], names: list[str]) -> dict[str, np.ndarray]:
     """The OIP output tensors `names` (service.oip_model.output_specs), in that order: FP32,
-    and BOOL for `uncertain`."""
+    BOOL for `uncertain` and INT32 for `head` (packed rows)."""
     tensors = {}
     for name in names:
         array = gather(rows, name)
-        tensors[name] = array.astype(np.bool_ if name == "uncertain" else np.float32, copy=False)
+        tensors[name] = array.astype(DTYPES.get(name, np.float32), copy=False)
     return tensors

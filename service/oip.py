@@ -37,6 +37,7 @@ class InferRequest:
     outputs: list[str] | None  # names asked for; None: all
     binary_outputs: set[str]  # outputs to send as binary
     binary_default: bool
+    parameters: dict[str, Any]  # the request's own (`mode`: service.oip_model.mode_of)
 
 
 def _parameters(owner: dict[str, Any], what: str) -> dict[str, Any]:
@@ -135,7 +136,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         inputs[str(name)] = _tensor(spec, raw)
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} trailing binary bytes belong to no input")
-    binary_default = bool(_parameters(request, "the request").get("binary_data_output", False))
+    parameters = _parameters(request, "the request")
+    binary_default = bool(parameters.get("binary_data_output", False))
     outputs = None
     binary_outputs: set[str] = set()
     if request.get("outputs") is not None:
@@ -155,6 +157,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         outputs=outputs,
         binary_outputs=binary_outputs,
         binary_default=binary_default,
+        parameters=parameters,
     )
 
 

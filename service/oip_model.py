@@ -3,11 +3,15 @@ service/oip_grpc/server.py): its metadata, the checks of its input and the tenso
 
 The OIP model takes the un-tiled images [batch, C, H, W] (FP32 in [0, 1], or UINT8) and
 answers the ensemble's probabilities, the heads' probabilities and every uncertainty measure.
+With the request parameter `mode` "packed" (as /predict?mode=packed) M images share each
+forward pass and each is answered by its own slot's head: `probabilities` and `head` only.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,6 +30,8 @@ SERVER = {
 }
 PLATFORM = "onnxruntime_onnx"
 INPUT = "images"
+MODES = ("ensemble", "packed")
+PACKED_OUTPUTS = ("probabilities", "head")  # what a packed request can ask for
 
 
 def parse_version(version: str | None) -> int | None:
@@ -45,7 +51,28 @@ def output_specs(model: ServedModel) -> list[dict[str, Any]]:
         *({"name": name, "datatype": "FP32", "shape": [-1]} for name in MEASURES),
         {"name": "kl_to_mean", "datatype": "FP32", "shape": [-1, m]},
         {"name": "uncertain", "datatype": "BOOL", "shape": [-1]},
+        {"name": "head", "datatype": "INT32", "shape": [-1]},  # packed mode only
     ]
+
+
+def outputs_of(model: ServedModel, mode: str) -> list[str]:
+    """The outputs a request in `mode` may ask for, and gets when it names none."""
+    if mode == "packed":
+        return list(PACKED_OUTPUTS)
+    return [spec["name"] for spec in output_specs(model) if spec["name"] != "head"]
+
+
+def mode_of(parameters: Mapping[str, Any]) -> str:
+    """The request parameter `mode` (REST `parameters.mode`, gRPC `parameters["mode"]`)."""
+    mode = parameters.get("mode", "ensemble")
+    if isinstance(mode, str) and mode in MODES:
+        return mode
+    if isinstance(mode, str | bool | int | float | None):
+        got = json.dumps(mode)
+        got = got if len(got) <= 60 else f"{got[:60]}... ({len(got):,} characters)"
+    else:  # not echoed: it could be large or deeply nested
+        got = "a JSON object" if isinstance(mode, dict) else "a JSON array"
+    raise BadRequest(f'parameter "mode" must be "ensemble" or "packed", got {got}')
 
 
 def metadata(registry: ModelRegistry, name: str, version: str | None) -> dict[str, Any]:
@@ -62,6 +89,8 @@ def metadata(registry: ModelRegistry, name: str, version: str | None) -> dict[st
             "labels": list(model.contract.labels),
             "provider": model.provider,
             "thresholds": model.contract.thresholds,
+            # the request parameter `mode` -> the outputs it answers
+            "modes": {mode: outputs_of(model, mode) for mode in MODES},
         },
     }
 
@@ -101,13 +130,28 @@ async def infer(
     outputs: list[str] | None,
     limit: int,
     started: float | None = None,
+    parameters: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The requested output tensors (all when `outputs` is None), in the order asked for."""
+    """The requested output tensors (all of the mode's when `outputs` is None), in the order
+    asked for. `parameters` are the request's: `mode` picks ensemble or packed."""
     started = time.monotonic() if started is None else started
+    mode = mode_of(parameters or {})
     images = images_from(inputs, model, limit)
+    # All checked before the forward pass: a refused request records no prediction.
     known = [spec["name"] for spec in output_specs(model)]
     unknown = [o for o in outputs or () if o not in known]
-    if unknown:  # before the forward pass: a refused request records no prediction
+    if unknown:
         raise BadRequest(f"unknown outputs {unknown}; this model has {sorted(known)}")
-    rows = await pool.infer(model, images, started)
-    return oip_tensors(rows, known if outputs is None else outputs)
+    available = outputs_of(model, mode)
+    if mode == "packed" and (ensemble_only := [o for o in outputs or () if o not in available]):
+        raise BadRequest(
+            f'outputs {ensemble_only} need the ensemble: send mode "ensemble" (the default) '
+            f'for them; mode "packed" answers {available}'
+        )
+    if mode == "ensemble" and "head" in (outputs or ()):
+        raise BadRequest(
+            'output "head" exists only in packed mode: send parameters {"mode": "packed"} '
+            "or leave it out of `outputs`"
+        )
+    rows = await pool.infer(model, images, started, packed=mode == "packed")
+    return oip_tensors(rows, available if outputs is None else outputs)

@@ -57,7 +57,16 @@ INFER_REQUEST = {
                 "binary_data_output": {
                     "type": "boolean",
                     "description": "answer every output as binary unless it says otherwise",
-                }
+                },
+                "mode": {
+                    "type": "string",
+                    "enum": ["ensemble", "packed"],
+                    "default": "ensemble",
+                    "description": "ensemble: each image tiled into the M slots, answered by "
+                    "the heads' mean and their uncertainty. packed: M images per forward pass, "
+                    "each answered by its own slot's head; outputs `probabilities` and `head` "
+                    "only (the model metadata's parameters.modes lists each mode's outputs)",
+                },
             },
         },
         "inputs": {
@@ -89,7 +98,7 @@ INFER_REQUEST = {
         },
         "outputs": {
             "type": "array",
-            "description": "outputs to answer (default: all)",
+            "description": "outputs to answer (default: all of the mode's)",
             "items": {
                 "type": "object",
                 "required": ["name"],

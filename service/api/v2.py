@@ -59,7 +59,13 @@ async def _infer(
     with metrics.counted(model.labels):
         parsed = oip.parse_request(await request.body(), request.headers.get(oip.HEADER))
         tensors = await oip_model.infer(
-            model, pool, parsed.inputs, parsed.outputs, settings.max_images_per_request, started
+            model,
+            pool,
+            parsed.inputs,
+            parsed.outputs,
+            settings.max_images_per_request,
+            started,
+            parsed.parameters,
         )
     binary = (
         parsed.binary_outputs

@@ -70,6 +70,14 @@ def inputs_of(request: pb.ModelInferRequest) -> dict[str, tuple[str, np.ndarray]
     return inputs
 
 
+def parameters_of(request: pb.ModelInferRequest) -> dict[str, Any]:
+    """The request's parameters as Python values (None for one with no value set)."""
+    return {
+        name: getattr(value, field) if (field := value.WhichOneof("parameter_choice")) else None
+        for name, value in request.parameters.items()
+    }
+
+
 def response_of(
     model_name: str, version: int, request_id: str, tensors: dict[str, np.ndarray]
 ) -> pb.ModelInferResponse:
@@ -141,6 +149,7 @@ class InferenceServicer:
                 [o.name for o in request.outputs] or None,
                 self.settings.max_images_per_request,
                 started,
+                parameters_of(request),
             )
         return response_of(model.name, model.version, request.id, tensors)
 

@@ -173,6 +173,11 @@ def test_answers_to_good_requests_conform(server: str) -> None:
         schema["/v2/repository/models/{name}/unload"]["POST"].Case(path_parameters=SERVED_NAME),
         schema["/v2/repository/models/{name}/load"]["POST"].Case(path_parameters=SERVED_NAME),
         schema["/v2/health/ready"]["GET"].Case(),
+        infer.Case(  # packed mode: an INT32 `head` beside `probabilities`
+            path_parameters=SERVED_NAME,
+            body={**json_request, "parameters": {"mode": "packed"}},
+            media_type="application/json",
+        ),
     ]
     for case in cases:
         response = case.call_and_validate(base_url=server, headers=AUTH, timeout=30)

@@ -89,7 +89,8 @@ def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
     assert meta["inputs"] == [
         {"name": "images", "datatype": "FP32", "shape": ["-1", "1", "8", "8"]}
     ]
-    assert [o["name"] for o in meta["outputs"]] == OUTPUTS
+    assert [o["name"] for o in meta["outputs"]] == [*OUTPUTS, "head"]
+    assert meta["outputs"][-1] == {"name": "head", "datatype": "INT32", "shape": ["-1"]}
 
 
 def test_metadata_is_the_rest_metadata(
@@ -150,6 +151,27 @@ def test_request_id_comes_back(client: triton.InferenceServerClient, digits) -> 
     assert (response.model_name, response.model_version) == ("digits", "1")
 
 
+def test_packed_mode(
+    client: triton.InferenceServerClient, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """parameters["mode"] = "packed": `probabilities` and `head` (INT32), each image answered
+    by its own slot's head. Sent M times in a row an image fills one packed row (as ensemble
+    mode tiles it), so copy j's answer is the ensemble's member_probabilities[:, j]."""
+    images, labels = digits
+    packed = infer(client, images, "UINT8", parameters={"mode": "packed"})
+    assert list(packed) == ["probabilities", "head"]
+    assert packed["head"].dtype == np.int32 and packed["head"].tolist() == [
+        i % 3 for i in range(20)
+    ]
+    assert packed["probabilities"].shape == (20, 10)
+    assert (packed["probabilities"].argmax(axis=1) == labels).mean() >= 0.6
+    members = infer(client, images[:2], "UINT8")["member_probabilities"]
+    copies = infer(client, np.repeat(images[:2], 3, axis=0), "UINT8", parameters={"mode": "packed"})
+    assert copies["head"].tolist() == [0, 1, 2, 0, 1, 2]
+    expected = members[np.arange(6) // 3, copies["head"]]
+    np.testing.assert_allclose(copies["probabilities"], expected, atol=1e-5)
+
+
 def call(server: Server, method: str, request: object, response: type, **kwargs: object):
     """A plain grpc channel: the path every OIP client uses, no tritonclient in between."""
     with grpc.insecure_channel(server.grpc) as channel:
@@ -178,6 +200,16 @@ def test_typed_contents_instead_of_raw_bytes(
     assert len(answer.raw_output_contents) == len(OUTPUTS)
     p = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(3, 10)
     np.testing.assert_allclose(p, infer(client, images, "FP32")["probabilities"], atol=1e-6)
+
+
+def test_packed_typed_contents_answer_int32_heads(server: Server) -> None:
+    request = contents_request(np.full((4, 1, 8, 8), 0.5, np.float32))
+    request.parameters["mode"].string_param = "packed"
+    request.outputs.add(name="head")
+    answer, _ = call(server, "ModelInfer", request, pb.ModelInferResponse)
+    [output] = answer.outputs
+    assert (output.name, output.datatype, list(output.shape)) == ("head", "INT32", [4])
+    assert np.frombuffer(answer.raw_output_contents[0], "<i4").tolist() == [0, 1, 2, 0]
 
 
 def status_of(server: Server, request: pb.ModelInferRequest, **kwargs: object) -> grpc.RpcError:
@@ -213,6 +245,29 @@ def status_of(server: Server, request: pb.ModelInferRequest, **kwargs: object) -
             lambda r: r.outputs.add(name="logits"),
             grpc.StatusCode.INVALID_ARGUMENT,
             "unknown outputs",
+        ),
+        (
+            lambda r: setattr(r.parameters["mode"], "string_param", "fast"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            'parameter "mode" must be "ensemble" or "packed", got "fast"',
+        ),
+        (
+            lambda r: setattr(r.parameters["mode"], "bool_param", True),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            'must be "ensemble" or "packed", got true',
+        ),
+        (
+            lambda r: (
+                setattr(r.parameters["mode"], "string_param", "packed"),
+                r.outputs.add(name="kl_to_mean"),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "outputs ['kl_to_mean'] need the ensemble",
+        ),
+        (
+            lambda r: r.outputs.add(name="head"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            'output "head" exists only in packed mode',
         ),
         (
             lambda r: r.raw_input_contents.extend([b"", b""]),
@@ -285,11 +340,21 @@ def test_api_key_queue_limit_and_metrics(model_repository: Path, tmp_path: Path)
         assert full.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "queue full" in full.details()
         assert ("retry-after", "1") in full.trailing_metadata()
+        # Packed requests: the same key, queue limit and counters (their own queue).
+        request.parameters["mode"].string_param = "packed"
+        big.parameters["mode"].string_param = "packed"
+        call(
+            where, "ModelInfer", request, pb.ModelInferResponse, metadata=[("x-api-key", "s3cret")]
+        )
+        full = status_of(where, big, metadata=[("x-api-key", "s3cret")])
+        assert full.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue full" in full.details()
         scrape = httpx.get(f"{where.http}/metrics").text
-        assert 'mimo_requests_total{endpoint="grpc:ModelInfer",status="200"} 1.0' in scrape
+        assert 'mimo_requests_total{endpoint="grpc:ModelInfer",status="200"} 2.0' in scrape
         assert 'mimo_requests_total{endpoint="grpc:ModelInfer",status="401"} 2.0' in scrape
-        assert 'mimo_requests_total{endpoint="grpc:ModelInfer",status="429"} 1.0' in scrape
-        assert 'mimo_model_requests_total{model="digits",status="200",version="1"} 1.0' in scrape
+        assert 'mimo_requests_total{endpoint="grpc:ModelInfer",status="429"} 2.0' in scrape
+        assert 'mimo_model_requests_total{model="digits",status="200",version="1"} 2.0' in scrape
+        assert 'mimo_model_requests_total{model="digits",status="429",version="1"} 2.0' in scrape
+        # packed answers carry no uncertainty: only the ensemble request observed one
         assert 'mimo_mutual_information_nats_count{model="digits",version="1"} 1.0' in scrape
         c.close()
     finally:

@@ -1,4 +1,5 @@
-"""The Open Inference Protocol codec (service/oip.py): JSON and binary tensors, and its errors."""
+"""The Open Inference Protocol codec (service/oip.py): JSON and binary tensors, and its errors;
+the request parameter `mode` (service/oip_model.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service import oip
+from service import oip, oip_model
 from service.errors import BadRequest
+
+PACKED = {"mode": "packed"}
 
 
 def json_body(inputs: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -99,6 +102,7 @@ def test_json_id_outputs_and_binary_choices() -> None:
     assert request.outputs == ["a", "b", "c"]
     assert request.binary_default is True
     assert request.binary_outputs == {"a", "c"}  # the request-level default, unless overridden
+    assert request.parameters == {"binary_data_output": True}  # `mode` is oip_model's to read
 
 
 # --- binary requests -------------------------------------------------------------------------
@@ -337,3 +341,30 @@ def test_datatype_of_unknown_dtype() -> None:
 def test_deeply_nested_json_is_a_client_error() -> None:
     with pytest.raises(BadRequest, match="not valid JSON"):
         oip.parse_request(b"[" * 100_000, None)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "mode"),
+    [({}, "ensemble"), ({"mode": "ensemble"}, "ensemble"), (PACKED, "packed")],
+)
+def test_mode_parameter(parameters: dict[str, Any], mode: str) -> None:
+    assert oip_model.mode_of(parameters) == mode
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [
+        ("fast", 'got "fast"'),
+        ("Packed", 'got "Packed"'),
+        (None, "got null"),
+        (True, "got true"),
+        ([["packed"]], "got a JSON array"),
+        ({"mode": "packed"}, "got a JSON object"),
+        ("x" * 100, "... (102 characters)"),
+    ],
+)
+def test_mode_parameter_errors(value: Any, got: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        oip_model.mode_of({"mode": value})
+    assert info.value.message.startswith('parameter "mode" must be "ensemble" or "packed", ')
+    assert info.value.message.endswith(got)

@@ -111,7 +111,12 @@ def test_model_metadata(client: triton.InferenceServerClient, version: str) -> N
     assert meta["name"] == "digits" and meta["versions"] == ["1"]
     assert meta["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
     outputs = {o["name"]: o for o in meta["outputs"]}
-    assert list(outputs) == OUTPUTS
+    assert list(outputs) == [*OUTPUTS, "head"]
+    assert outputs["head"] == {"name": "head", "datatype": "INT32", "shape": [-1]}
+    assert meta["parameters"]["modes"] == {
+        "ensemble": OUTPUTS,
+        "packed": ["probabilities", "head"],
+    }
     assert outputs["probabilities"]["shape"] == [-1, 10]
     assert outputs["member_probabilities"]["shape"] == [-1, 3, 10]
     assert outputs["kl_to_mean"]["shape"] == [-1, 3]
@@ -224,6 +229,137 @@ def test_raw_http_json_infer(server: str, digits: tuple[np.ndarray, np.ndarray])
     assert output["name"] == "probabilities" and output["shape"] == [4, 10]
     p = np.asarray(output["data"]).reshape(4, 10)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+
+
+# --- packed mode (parameters.mode = "packed") --------------------------------------------------
+
+PACKED = {"mode": "packed"}
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary-out", "json-out"])
+def test_packed_outputs(
+    client: triton.InferenceServerClient, digits: tuple[np.ndarray, np.ndarray], binary: bool
+) -> None:
+    images, labels = digits
+    outputs = [
+        triton.InferRequestedOutput(n, binary_data=binary) for n in ("head", "probabilities")
+    ]
+    result = client.infer(
+        "digits", [images_input(images, "UINT8")], outputs=outputs, parameters=PACKED
+    )
+    response = result.get_response()
+    assert [(o["name"], o["datatype"]) for o in response["outputs"]] == [
+        ("head", "INT32"),
+        ("probabilities", "FP32"),
+    ]
+    head, p = result.as_numpy("head"), result.as_numpy("probabilities")
+    assert head.dtype == np.int32 and head.tolist() == [i % 3 for i in range(20)]
+    assert p.dtype == np.float32 and p.shape == (20, 10)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert (p.argmax(axis=1) == labels).mean() >= 0.6
+
+
+def test_packed_answer_is_the_answering_heads_ensemble_row(
+    client: triton.InferenceServerClient, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Each image is answered by its own slot's head, at the model's temperature.
+
+    A head also sees the other slots, so the reference is exact only when a packed row holds
+    one image in all M slots, as ensemble mode does: each image sent M times in a row, copy j
+    lands in slot j and its answer is the ensemble's member_probabilities[:, j]."""
+    images = digits[0]
+    wanted = [triton.InferRequestedOutput("member_probabilities")]
+    members = client.infer("digits", [images_input(images, "UINT8")], outputs=wanted).as_numpy(
+        "member_probabilities"
+    )
+    pick = np.argsort(-np.ptp(members, axis=1).max(axis=1))[:2]  # where the heads differ most
+    assert np.ptp(members[pick], axis=1).max() > 1e-3  # else no head could be told apart
+    copies = np.repeat(images[pick], 3, axis=0)  # [a, a, a, b, b, b]
+    packed = client.infer("digits", [images_input(copies, "UINT8")], parameters=PACKED)
+    head = packed.as_numpy("head")
+    assert head.tolist() == [0, 1, 2, 0, 1, 2]
+    expected = members[pick][np.arange(6) // 3, head]
+    np.testing.assert_allclose(packed.as_numpy("probabilities"), expected, atol=1e-5)
+
+
+def packed_body(array: np.ndarray, **extra: Any) -> dict[str, Any]:
+    images = {"name": "images", "shape": list(array.shape), "datatype": "UINT8"}
+    return {"parameters": PACKED, "inputs": [{**images, "data": array.ravel().tolist()}], **extra}
+
+
+def test_packed_raw_json_answers_both_outputs(
+    server: str, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """The README's curl request: no `outputs`, so both of packed mode's, as JSON."""
+    answer = httpx.post(
+        f"{server}/v2/models/digits/infer", json=packed_body(digits[0][:4]), timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+    outputs = {o["name"]: o for o in answer.json()["outputs"]}
+    assert list(outputs) == ["probabilities", "head"]
+    assert outputs["head"] == {
+        "name": "head",
+        "datatype": "INT32",
+        "shape": [4],
+        "data": [0, 1, 2, 0],
+    }
+    assert outputs["probabilities"]["shape"] == [4, 10]
+
+
+PACKED_ERRORS = {
+    # case: (request parameters, outputs, words of the 400)
+    "bad-mode": (
+        {"mode": "fast"},
+        None,
+        'parameter "mode" must be "ensemble" or "packed", got "fast"',
+    ),
+    "mode-not-a-string": ({"mode": 1}, None, 'must be "ensemble" or "packed", got 1'),
+    "ensemble-output-in-packed": (
+        PACKED,
+        ["probabilities", "mutual_information"],
+        "outputs ['mutual_information'] need the ensemble",
+    ),
+    "head-in-ensemble": ({}, ["head"], 'output "head" exists only in packed mode'),
+}
+
+
+@pytest.mark.parametrize("case", list(PACKED_ERRORS))
+def test_packed_errors(server: str, digits: tuple[np.ndarray, np.ndarray], case: str) -> None:
+    parameters, outputs, words = PACKED_ERRORS[case]
+    body = packed_body(digits[0][:2], parameters=parameters)
+    if outputs is not None:
+        body["outputs"] = [{"name": o} for o in outputs]
+    answer = httpx.post(f"{server}/v2/models/digits/infer", json=body, timeout=10)
+    assert answer.status_code == 400, answer.text
+    assert answer.headers["content-type"].startswith("application/json")
+    payload = answer.json()
+    assert set(payload) == {"error"} and words in payload["error"]
+    if case == "ensemble-output-in-packed":
+        assert "['probabilities', 'head']" in payload["error"]  # what packed mode answers
+
+
+def model_requests(server: str) -> dict[str, float]:
+    """mimo_model_requests_total of the digits model, by status."""
+    counts: dict[str, float] = {}
+    for line in httpx.get(f"{server}/metrics", timeout=10).text.splitlines():
+        if line.startswith("mimo_model_requests_total{") and 'model="digits"' in line:
+            status = line.split('status="', 1)[1].split('"', 1)[0]
+            counts[status] = counts.get(status, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_packed_requests_are_counted_and_limited(
+    server: str, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    before = model_requests(server)
+    url = f"{server}/v2/models/digits/infer"
+    assert httpx.post(url, json=packed_body(digits[0][:2]), timeout=10).status_code == 200
+    over = np.zeros((65, 1, 8, 8), np.uint8)  # MIMO_MAX_IMAGES_PER_REQUEST is 64
+    refused = httpx.post(url, json=packed_body(over), timeout=10)
+    assert refused.status_code == 400 and "send 1 to 64" in refused.json()["error"]
+    after = model_requests(server)
+    assert after.get("200", 0) == before.get("200", 0) + 1
+    assert after.get("400", 0) == before.get("400", 0) + 1
 
 
 # --- errors ----------------------------------------------------------------------------------
