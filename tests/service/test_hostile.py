@@ -585,7 +585,10 @@ def test_body_shorter_than_announced(server: Server) -> None:
 )
 def test_malformed_content_length(server: Server, header: bytes) -> None:
     head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n" + header
-    status, _, body = raw_request(server, head + b"\r\n\r\n", [b"\x89PNG"])
+    # No body: the header alone is refused, and bytes sent after the server's answer and close
+    # make its kernel reset the connection, which can drop the answer before it is read (seen
+    # on a loaded machine).
+    status, _, body = raw_request(server, head + b"\r\n\r\n", [])
     assert 400 <= status < 500, (status, body)
     server.clean(body.decode("latin-1"))
 
