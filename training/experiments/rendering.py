@@ -300,6 +300,9 @@ def plot_grid(configs: list[Config], ensembles: list[Ensemble], target: Path) ->
                 label="deep ensemble of 3",
             )
         ax.set_xscale("log", base=2)
+        ticks = sorted({c.point.width for c in configs})
+        ax.set_xticks(ticks, [f"{w:g}" for w in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("width (channel multiplier)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
