@@ -25,14 +25,20 @@ RECORDS = ROOT / "docs" / "results"
 
 
 @dataclass
-class Config:
-    """One configuration of the grid and its runs (one per seed)."""
+class Runs:
+    """Runs of one kind (seeds of a configuration, or deep ensembles) and their metrics."""
 
-    point: GridPoint  # seed 0's point; the seed is not part of the configuration
     records: list[dict[str, Any]]
 
     def values(self, *path: str | int) -> np.ndarray:
         return np.array([_dig(r["metrics"], path) for r in self.records], dtype=float)
+
+
+@dataclass
+class Config(Runs):
+    """One configuration of the grid; `point` is seed 0's (the seed is not part of it)."""
+
+    point: GridPoint
 
     @property
     def label(self) -> str:
@@ -43,12 +49,10 @@ class Config:
 
 
 @dataclass
-class Ensemble:
-    width: float
-    records: list[dict[str, Any]]  # one per triple of seeds
+class Ensemble(Runs):
+    """Deep ensembles of 3 deterministic networks of one width, one record per triple."""
 
-    def values(self, *path: str | int) -> np.ndarray:
-        return np.array([_dig(r["metrics"], path) for r in self.records], dtype=float)
+    width: float
 
 
 def _dig(d: Any, path: Iterable[str | int]) -> Any:
@@ -76,23 +80,23 @@ def load_grid(root: Path = RECORDS / "grid") -> tuple[list[Config], list[Ensembl
         record = json.loads(path.read_text())
         if "ensemble" in record:
             width = float(record["ensemble"]["width"])
-            ensembles.setdefault(width, Ensemble(width, [])).records.append(record)
+            ensembles.setdefault(width, Ensemble([], width)).records.append(record)
             continue
         point = parse(path.stem)
         key = point.config
         if key not in configs:
-            configs[key] = Config(GridPoint(**{**record["point"], "seed": 0}), [])
+            configs[key] = Config([], GridPoint(**{**record["point"], "seed": 0}))
         configs[key].records.append(record)
     ordered = sorted(configs.values(), key=lambda c: c.point)
     return ordered, sorted(ensembles.values(), key=lambda e: e.width)
 
 
-def _members(config: Config | Ensemble) -> float:
+def _members(config: Runs) -> float:
     accuracies = [np.mean(r["metrics"]["clean"]["member_accuracy"]) for r in config.records]
     return float(np.mean(accuracies))
 
 
-def _gain(config: Config | Ensemble) -> float:
+def _gain(config: Runs) -> float:
     """How much averaging the heads lowers the NLL: 0 when the heads are copies of each other
     (or there is one head), larger the more independent their errors are."""
     gains = [
@@ -100,6 +104,19 @@ def _gain(config: Config | Ensemble) -> float:
         for r in config.records
     ]
     return float(np.mean(gains))
+
+
+def _clean_cells(runs: Runs) -> list[str]:
+    return [
+        stat(runs.values("clean", "accuracy"), 2, 100),
+        stat(runs.values("clean", "nll")),
+        stat(runs.values("clean", "ece")),
+        stat(runs.values("clean_calibrated", "nll")),
+        stat(runs.values("clean_calibrated", "ece")),
+        f"{100 * _members(runs):.2f}",
+        f"{_gain(runs):.4f}",
+        stat(runs.values("clean", "disagreement")),
+    ]
 
 
 def grid_section(configs: list[Config], ensembles: list[Ensemble]) -> list[str]:
@@ -146,14 +163,7 @@ def grid_section(configs: list[Config], ensembles: list[Ensemble]) -> list[str]:
                     str(len(c.records)),
                     f"{c.records[0].get('parameters', 0):,}",
                     f"{np.mean(seconds):.0f}",
-                    stat(c.values("clean", "accuracy"), 2, 100),
-                    stat(c.values("clean", "nll")),
-                    stat(c.values("clean", "ece")),
-                    stat(c.values("clean_calibrated", "nll")),
-                    stat(c.values("clean_calibrated", "ece")),
-                    f"{100 * _members(c):.2f}",
-                    f"{_gain(c):.4f}",
-                    stat(c.values("clean", "disagreement")),
+                    *_clean_cells(c),
                 ]
             )
         )
@@ -166,14 +176,7 @@ def grid_section(configs: list[Config], ensembles: list[Ensemble]) -> list[str]:
                     f"{len(e.records)} ensembles",
                     "3 x",
                     "3 x",
-                    stat(e.values("clean", "accuracy"), 2, 100),
-                    stat(e.values("clean", "nll")),
-                    stat(e.values("clean", "ece")),
-                    stat(e.values("clean_calibrated", "nll")),
-                    stat(e.values("clean_calibrated", "ece")),
-                    f"{100 * _members(e):.2f}",
-                    f"{_gain(e):.4f}",
-                    stat(e.values("clean", "disagreement")),
+                    *_clean_cells(e),
                 ]
             )
         )
@@ -236,9 +239,7 @@ def robustness_section(configs: list[Config], ensembles: list[Ensemble]) -> list
               "OOD AUROC MI", "OOD flagged", "test flagged"]),
         line(["---"] * 8),
     ]  # fmt: skip
-    rows: list[tuple[str, str, Config | Ensemble]] = [
-        (f"{c.point.width:g}", c.label, c) for c in configs
-    ]
+    rows: list[tuple[str, str, Runs]] = [(f"{c.point.width:g}", c.label, c) for c in configs]
     rows += [(f"{e.width:g}", "deep ensemble of 3", e) for e in ensembles]
     for width, label, c in rows:
         out.append(
