@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from training.experiments.grid import WIDTHS, GridPoint, parse, points
-from training.experiments.rendering import RECORDS, model_card, render
+from training.experiments.rendering import RECORDS, ROOT, model_card, render
 from training.files import write_atomic
 
-ROOT = Path(__file__).resolve().parents[2]
 GRID_EVAL_FLAGS = ("--corruption-limit", "2000", "--ood-count", "1000")
 # The 12-epoch comparisons use every corrupted test image and more OOD images.
 FULL_EVAL_FLAGS = ("--corruption-limit", "10000", "--ood-count", "2000")
