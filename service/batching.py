@@ -108,16 +108,30 @@ class DynamicBatcher:
         self.queue.extend(items)
         self.observer.on_queue_depth(len(self.queue))
         self._wakeup.set()
+        # One timer cancels the images' futures at the deadline: cheaper per request than
+        # asyncio.wait_for (a task, a waiter and a gather), which this path ran 2,000 times a
+        # second. Cancelled futures are what the collector skips.
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            for item in items:
+                item.future.cancel()
+
+        timer = loop.call_later(timeout_s, expire)
         try:
-            return list(
-                await asyncio.wait_for(asyncio.gather(*(i.future for i in items)), timeout_s)
-            )
-        except TimeoutError:
-            raise Timeout(_TIMEOUT) from None
+            if len(items) == 1:
+                return [await items[0].future]
+            return list(await asyncio.gather(*(i.future for i in items)))
+        except asyncio.CancelledError:
+            if expired:
+                raise Timeout(_TIMEOUT) from None
+            raise  # the request itself was cancelled (the client left)
         finally:
+            timer.cancel()
             for item in items:  # the collector skips what nobody waits for any more
-                if not item.future.done():
-                    item.future.cancel()
+                item.future.cancel()
 
     async def _next_batch(self) -> list[Pending]:
         while not self.queue:

@@ -160,5 +160,5 @@ class HttpMetrics:
             status = ClientGone.status_code  # no answer can reach it; not a server error
         finally:
             metrics.IN_FLIGHT.dec()
-            metrics.REQUESTS.labels(endpoint, str(status)).inc()
-            metrics.REQUEST_DURATION.labels(endpoint).observe(time.perf_counter() - started)
+            metrics.child(metrics.REQUESTS, endpoint, str(status)).inc()
+            metrics.child(metrics.REQUEST_DURATION, endpoint).observe(time.perf_counter() - started)

@@ -112,9 +112,9 @@ def observe(
     u: EnsembleUncertainty, flags: np.ndarray, names: tuple[str, ...], labels: tuple[str, str]
 ) -> None:
     """Record the batch's uncertainty distributions and predicted classes."""
-    mi = metrics.MUTUAL_INFORMATION.labels(*labels)
-    entropy = metrics.PREDICTIVE_ENTROPY.labels(*labels)
-    disagreement = metrics.DISAGREEMENT.labels(*labels)
+    mi = metrics.child(metrics.MUTUAL_INFORMATION, *labels)
+    entropy = metrics.child(metrics.PREDICTIVE_ENTROPY, *labels)
+    disagreement = metrics.child(metrics.DISAGREEMENT, *labels)
     for m, h, d in zip(
         u.mutual_information.tolist(),
         u.predictive_entropy.tolist(),
@@ -126,7 +126,7 @@ def observe(
         disagreement.observe(d)
     count_predictions(u.probabilities, names, labels)
     # Touched even when 0: the uncertain share (alerts, dashboard) needs the series to exist.
-    metrics.UNCERTAIN.labels(*labels).inc(int(flags.sum()))
+    metrics.child(metrics.UNCERTAIN, *labels).inc(int(flags.sum()))
 
 
 def score_packed(
@@ -143,4 +143,4 @@ def count_predictions(p: np.ndarray, names: tuple[str, ...], labels: tuple[str, 
     """mimo_predictions_total by predicted class, one increment per class of the batch."""
     counts = np.bincount(p.argmax(axis=1), minlength=len(names))
     for index in np.flatnonzero(counts).tolist():
-        metrics.PREDICTIONS.labels(*labels, names[index]).inc(int(counts[index]))
+        metrics.child(metrics.PREDICTIONS, *labels, names[index]).inc(int(counts[index]))

@@ -187,8 +187,8 @@ def _instrumented(method: str, call: Handler) -> Handler:
             raise
         finally:
             metrics.IN_FLIGHT.dec()
-            metrics.REQUESTS.labels(endpoint, str(status)).inc()
-            metrics.REQUEST_DURATION.labels(endpoint).observe(time.perf_counter() - started)
+            metrics.child(metrics.REQUESTS, endpoint, str(status)).inc()
+            metrics.child(metrics.REQUEST_DURATION, endpoint).observe(time.perf_counter() - started)
 
     return handle
 
