@@ -1,8 +1,9 @@
-"""POST /predict with one raw image and plain parameters, served without FastAPI's routing,
-dependency injection and exception layers: the request most clients send, through the same
-stages as the route (service/api/predict.py) and inside the same middleware (metrics, body
-limit, timeouts). Anything else (multipart, an unusual or invalid parameter, another content
-type) goes on to the route, which gives the full validation and its error messages.
+"""POST /predict with one raw image and plain parameters, served before FastAPI's own layers
+(its OpenTelemetry check, body limit, error middleware, routing, dependency injection): the
+request most clients send, through the same stages as the route (service/api/predict.py),
+inside this service's own middleware (CORS, metrics, body limit, timeouts). Anything else
+(multipart, an unusual or invalid parameter, another content type) goes through FastAPI to
+the route, which gives the full validation and its error messages.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import time
 from urllib.parse import parse_qsl
 
+from fastapi import FastAPI
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -61,58 +63,82 @@ def plain_parameters(query: bytes) -> dict | None:
     return values
 
 
-class FastPredict:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+def fast_request(scope: Scope) -> tuple[dict, str] | None:
+    """(parameters, content type) of a POST /predict that the fast path serves; None for any
+    other request."""
+    if scope["type"] != "http" or scope["path"] != "/predict" or scope["method"] != "POST":
+        return None
+    ctype = b""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            ctype = value
+    media = ctype.split(b";")[0].strip().lower().decode("latin-1")
+    if not is_raw_image(media):
+        return None
+    params = plain_parameters(scope["query_string"])
+    return None if params is None else (params, media)
+
+
+class Service(FastAPI):
+    """The FastAPI application, but the requests `fast_request` accepts go to `fast` (this
+    service's middleware around `fast_predict`) without passing through FastAPI's layers."""
+
+    fast: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/predict" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
-        params = plain_parameters(scope["query_string"])
-        if params is None or not is_raw_image(ctype):
-            await self.app(scope, receive, send)
-            return
-        started = time.monotonic()
-        state = scope["app"].state
-        settings, registry, pool = state.settings, state.registry, state.pool
-        try:
-            check_api_key(
-                settings.api_key,
-                headers.get(b"authorization", b"").decode("latin-1"),
-                headers.get(b"x-api-key", b"").decode("latin-1"),
+        if self.fast is not None and (found := fast_request(scope)) is not None:
+            scope["app"] = self
+            scope[_KEY] = found
+            await self.fast(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+_KEY = "mimo.fast_predict"
+
+
+async def fast_predict(scope: Scope, receive: Receive, send: Send) -> None:
+    """Serve a request `fast_request` accepted (Service put its answer in the scope)."""
+    params, ctype = scope[_KEY]
+    headers = dict(scope["headers"])
+    started = time.monotonic()
+    state = scope["app"].state
+    settings, registry, pool = state.settings, state.registry, state.pool
+    try:
+        check_api_key(
+            settings.api_key,
+            headers.get(b"authorization", b"").decode("latin-1"),
+            headers.get(b"x-api-key", b"").decode("latin-1"),
+        )
+        served = registry.get(params["model"] or settings.default_model, params["version"])
+        with metrics.counted(served.labels):
+            chunks = []
+            while True:
+                message = await receive()
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            data = b"".join(chunks)
+            images = await preprocess_all(
+                [(data, ctype)], served.contract.preprocess, settings.max_image_pixels
             )
-            served = registry.get(params["model"] or settings.default_model, params["version"])
-            with metrics.counted(served.labels):
-                chunks = []
-                while True:
-                    message = await receive()
-                    chunks.append(message.get("body", b""))
-                    if not message.get("more_body", False):
-                        break
-                data = b"".join(chunks)
-                images = await preprocess_all(
-                    [(data, ctype)], served.contract.preprocess, settings.max_image_pixels
-                )
-                rows = await pool.infer(served, images, started, packed=params["mode"] == "packed")
-            body = predict_answer(
-                served,
-                rows,
-                [None],
-                params["top_k"],
-                params["members"],
-                params["member_probabilities"],
-            )
-        except ServiceError as exc:
-            extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-            await send_error(send, exc.status_code, exc.message, extra)
-            return
-        except (ClientDisconnect, BodyLimitError):
-            raise  # the body limit middleware answers these (413, 408, 499)
-        except Exception as exc:  # as the app's own handler: JSON, the details in the log
-            log.exception("POST /predict failed")
-            await send_error(send, 500, f"internal error ({type(exc).__name__}); see the log")
-            return
-        await send_json(send, 200, body)
+            rows = await pool.infer(served, images, started, packed=params["mode"] == "packed")
+        body = predict_answer(
+            served,
+            rows,
+            [None],
+            params["top_k"],
+            params["members"],
+            params["member_probabilities"],
+        )
+    except ServiceError as exc:
+        extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+        await send_error(send, exc.status_code, exc.message, extra)
+        return
+    except (ClientDisconnect, BodyLimitError):
+        raise  # the body limit middleware answers these (413, 408, 499)
+    except Exception as exc:  # as the app's own handler: JSON, the details in the log
+        log.exception("POST /predict failed")
+        await send_error(send, 500, f"internal error ({type(exc).__name__}); see the log")
+        return
+    await send_json(send, 200, body)

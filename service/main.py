@@ -16,7 +16,7 @@ from service import oip
 from service.api import health, models, predict, ui, v2
 from service.api.openapi import without_422
 from service.errors import ServiceError
-from service.fastpath import FastPredict
+from service.fastpath import Service, fast_predict
 from service.middleware import BodyLimit, HttpMetrics
 from service.oip_grpc import server as oip_grpc
 from service.pool import BatcherPool
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await grpc_server.stop(grace=settings.shutdown_grace_s)
             await app.state.pool.close()  # answers everything still queued
 
-    app = FastAPI(
+    app = Service(
         title="mimo-serve",
         version="0.1.0",
         description="Uncertainty-aware image classification: MIMO ensembles on ONNX Runtime, "
@@ -87,17 +87,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (predict.router, models.router, v2.router, health.router, ui.router):
         app.include_router(router)
     without_422(app)  # request validation errors answer 400 (`invalid` above)
-    app.add_middleware(FastPredict)  # innermost: inside the metrics and the body limits
-    app.add_middleware(
-        BodyLimit, max_bytes=settings.max_body_bytes, max_seconds=settings.request_timeout_s
-    )
+    limits = {"max_bytes": settings.max_body_bytes, "max_seconds": settings.request_timeout_s}
+    app.add_middleware(BodyLimit, **limits)
     app.add_middleware(HttpMetrics)
+    # /predict's common request skips FastAPI's layers but not these (service/fastpath.py)
+    app.fast = HttpMetrics(BodyLimit(fast_predict, **limits))
     if settings.cors_origins:  # outermost: a preflight is answered before any other work
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-API-Key", oip.HEADER],
-            expose_headers=["Retry-After", oip.HEADER],
-        )
+        cors = {
+            "allow_origins": settings.cors_origins,
+            "allow_methods": ["GET", "POST"],
+            "allow_headers": ["Authorization", "Content-Type", "X-API-Key", oip.HEADER],
+            "expose_headers": ["Retry-After", oip.HEADER],
+        }
+        app.add_middleware(CORSMiddleware, **cors)
+        app.fast = CORSMiddleware(app.fast, **cors)
     return app

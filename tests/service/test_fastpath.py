@@ -96,3 +96,25 @@ def test_errors_as_the_route_words_them(client: TestClient, digit_pngs) -> None:
     # handed on to the route, which validates
     bad = client.post("/predict", content=digit_pngs[0][0], headers=png, params={"top_k": "x"})
     assert bad.status_code == 400 and "top_k" in bad.json()["error"]
+
+
+def test_inside_cors_and_the_metrics(model_repository: Path, digit_pngs) -> None:
+    """The fast path skips FastAPI's layers, not this service's: a browser page still gets
+    its CORS header, and the request is counted like any other."""
+    settings = Settings(
+        repository=model_repository,
+        default_model="digits",
+        threads=1,
+        cors_origins=["https://page.example"],
+    )
+    with TestClient(create_app(settings)) as c:
+        answer = c.post(
+            "/predict",
+            content=digit_pngs[0][0],
+            headers={"content-type": "image/png", "Origin": "https://page.example"},
+        )
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == "https://page.example"
+        exposition = c.get("/metrics").text
+    assert 'mimo_requests_total{endpoint="/predict",status="200"}' in exposition
+    assert 'mimo_model_requests_total{model="digits",status="200",version="1"}' in exposition
