@@ -13,11 +13,16 @@ share one definition. With p_m = softmax(logits_m / T) and p = mean_m p_m:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 # log(0) appears for probabilities that underflow; 0 * log 0 is 0 by convention.
 _TINY = np.finfo(np.float64).tiny
+# exp() of a shifted logit below about -745 is already 0 in float64, so flooring there changes no
+# probability; it keeps a -inf logit (a float16 head that overflowed) from making 0 * -inf = nan
+# in the log-probabilities that the entropies and the KL reuse.
+_FLOOR = -1e4
 
 MEASURES = (
     "predictive_entropy",
@@ -28,27 +33,75 @@ MEASURES = (
 )
 
 
+@lru_cache(maxsize=64)
+def _ones(k: int) -> np.ndarray:
+    # [N, K] @ ones sums N rows in one BLAS call, where a reduction over a short last axis pays
+    # per row: the difference shows from a batch of a few images on.
+    ones = np.ones((k, 1))
+    ones.flags.writeable = False
+    return ones
+
+
+def _shifted(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """float64 logits / temperature less their maximum over the last axis, in a new array."""
+    z = logits
+    if temperature != 1.0:  # dividing by 1 is exact: skipping it changes no digit
+        z = np.divide(z, temperature, dtype=np.float64)
+    # The maximum of float32 logits is exact, so the cast can wait for the subtraction.
+    return np.subtract(z, z.max(axis=-1, keepdims=True), dtype=np.float64)
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Softmax over the last axis, in float64 so that entropies of confident heads keep digits."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    e = _shifted(np.asarray(logits), temperature)
+    np.exp(e, out=e)
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
 
 
 def entropy(p: np.ndarray) -> np.ndarray:
     """Shannon entropy in nats over the last axis."""
-    return -(p * np.log(np.maximum(p, _TINY))).sum(axis=-1)
+    log_p = np.maximum(p, _TINY)
+    np.log(log_p, out=log_p)
+    log_p *= p
+    return -log_p.sum(axis=-1)
+
+
+def _differ(top: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """[B, M] top classes -> [B, M, M] flags: do heads i and j disagree."""
+    return np.not_equal(top[:, :, None], top[:, None, :], out=out, casting="unsafe")
+
+
+def _disagreement(top: np.ndarray) -> np.ndarray:
+    m = top.shape[1]
+    if m < 2:
+        return np.zeros(top.shape[0])
+    return _differ(top).sum(axis=(1, 2)) / (m * (m - 1))
 
 
 def disagreement(member_probs: np.ndarray) -> np.ndarray:
     """Fraction of head pairs whose arg-max classes differ; [B, M, K] -> [B]."""
-    top = member_probs.argmax(axis=-1)  # [B, M]
-    m = top.shape[1]
-    if m < 2:
-        return np.zeros(top.shape[0])
-    differ = top[:, :, None] != top[:, None, :]  # [B, M, M]
-    return differ.sum(axis=(1, 2)) / (m * (m - 1))
+    return _disagreement(member_probs.argmax(axis=-1))
+
+
+@lru_cache(maxsize=64)
+def _mean_weights(m: int) -> np.ndarray:
+    # [1, M] @ [B, M, K]: the mean over heads in one call, its head axis kept for the broadcasts.
+    w = np.full((1, m), 1.0 / m)
+    w.flags.writeable = False
+    return w
+
+
+@lru_cache(maxsize=64)
+def _head_weights(m: int, k: int, slabs: int) -> np.ndarray:
+    # Per-head sums [slabs, B, M] @ these -> per image: the mean KL, the mean entropy (the sums
+    # hold p log p, hence the sign), the mean over classes of the variance across heads and the
+    # count of differing head pairs (left a count: dividing it by the pairs is exact).
+    w = np.empty((4, m, 1))
+    w[0], w[1], w[2], w[3] = 1.0 / m, -1.0 / m, 1.0 / (m * k), 1.0
+    w = w[:slabs]
+    w.flags.writeable = False
+    return w
 
 
 @dataclass(frozen=True)
@@ -71,22 +124,52 @@ class EnsembleUncertainty:
 
 def ensemble_uncertainty(logits: np.ndarray, temperature: float = 1.0) -> EnsembleUncertainty:
     """All contract measures from per-head logits [B, M, K]."""
+    # A server batch is 1..32 images, where the cost is the number of numpy calls rather than
+    # the arithmetic: the log-softmax is computed once and reused (no log of a clipped p), and
+    # the measures are laid side by side in one buffer so that one matmul sums them per head
+    # and a second averages them per image.
     logits = np.asarray(logits)
     if logits.ndim != 3:
         raise ValueError(f"expected logits of shape [batch, M, K], got {logits.shape}")
-    member = softmax(logits, temperature)  # [B, M, K]
-    mean = member.mean(axis=1)  # [B, K]
-    total = entropy(mean)
-    aleatoric = entropy(member).mean(axis=1)
-    log_ratio = np.log(np.maximum(member, _TINY)) - np.log(np.maximum(mean, _TINY))[:, None, :]
-    kl = np.maximum((member * log_ratio).sum(axis=-1), 0.0)  # [B, M]
+    b, m, k = logits.shape
+    z = _shifted(logits, temperature)
+    np.maximum(z, _FLOOR, out=z)
+    member = np.exp(z)
+    total = (member.reshape(-1, k) @ _ones(k)).reshape(b, m, 1)
+    member /= total
+    np.log(total, out=total)
+    z -= total  # log p_m, exact even where p_m underflows
+    mean = _mean_weights(m) @ member  # [B, 1, K]
+    # The mean underflows to 0 only where every head does; flooring at tiny keeps 0 log 0 = 0.
+    log_mean = np.maximum(mean, _TINY)
+    np.log(log_mean, out=log_mean)
+    top = member.argmax(axis=-1)  # [B, M]
+    # The pair flags of a head [M] ride in a row [K] of the buffer when they fit (zero-padded).
+    shared = 2 <= m <= k
+    terms = np.zeros((4, b, m, k)) if shared else np.empty((3, b, m, k))
+    np.subtract(z, log_mean, out=terms[0])
+    terms[0] *= member
+    np.multiply(z, member, out=terms[1])
+    spread = terms[2]
+    np.subtract(member, mean, out=spread)
+    spread *= spread
+    if shared:
+        _differ(top, out=terms[3][..., :m])
+    per_head = (terms.reshape(-1, k) @ _ones(k)).reshape(len(terms), b, m)
+    kl = per_head[0]
+    # Rounding can leave an exact 0 slightly negative; the mean of the clipped KLs is then the
+    # mutual information, non-negative without a second clip.
+    np.maximum(kl, 0.0, out=kl)
+    per_image = (per_head @ _head_weights(m, k, len(terms)))[..., 0]  # [slabs, B]
+    aleatoric, mutual = per_image[1], per_image[0]
+    # H[p] = mean_m H[p_m] + mean_m KL(p_m || p): no third entropy pass over the mean.
     return EnsembleUncertainty(
-        probabilities=mean,
+        probabilities=mean[:, 0],
         member_probabilities=member,
-        predictive_entropy=total,
+        predictive_entropy=aleatoric + mutual,
         expected_entropy=aleatoric,
-        mutual_information=np.maximum(total - aleatoric, 0.0),
+        mutual_information=mutual,
         kl_to_mean=kl,
-        disagreement=disagreement(member),
-        variance=member.var(axis=1).mean(axis=-1),
+        disagreement=per_image[3] / (m * (m - 1)) if shared else _disagreement(top),
+        variance=per_image[2],
     )

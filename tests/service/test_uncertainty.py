@@ -110,6 +110,31 @@ def test_extreme_logits_stay_finite() -> None:
     np.testing.assert_allclose(softmax(np.array([1e4, 0.0])), [1.0, 0.0])
 
 
+@pytest.mark.parametrize("m", [2, 3, 4])
+@pytest.mark.parametrize("rest", [-800.0, -np.inf])
+def test_heads_whose_other_classes_underflow_disagree_by_hand(m: int, rest: float) -> None:
+    # Head h puts its top logit on class h and `rest` on every other: exp(-800) underflows to 0
+    # (and a -inf logit, from a float16 head that overflowed, gives exactly 0), so every head is
+    # exactly one-hot and the answer is by hand. The mean is uniform over the m classes
+    # that are some head's top (and exactly 0 on the rest, where 0 log 0 = 0): H[p] = log m,
+    # each H[p_m] = 0, KL(onehot || p) = log m, MI = log m, and every pair of heads differs.
+    logits = np.full((1, m, m + 2), rest)  # the last two classes no head picks: a mean of 0
+    logits[0, np.arange(m), np.arange(m)] = 0.0
+    u = ensemble_uncertainty(logits)
+    for name in (*MEASURES, "kl_to_mean", "probabilities"):
+        assert np.isfinite(getattr(u, name)).all(), name
+    np.testing.assert_array_equal(u.member_probabilities[0], np.eye(m, m + 2))
+    np.testing.assert_allclose(u.probabilities[0], [1.0 / m] * m + [0.0, 0.0], atol=1e-15)
+    assert u.predictive_entropy[0] == pytest.approx(math.log(m), abs=1e-12)
+    assert u.expected_entropy[0] == 0.0
+    assert u.mutual_information[0] == pytest.approx(math.log(m), abs=1e-12)
+    np.testing.assert_allclose(u.kl_to_mean, [[math.log(m)] * m], atol=1e-12)
+    assert u.disagreement[0] == 1.0
+    # Each class's probabilities across heads: one 1 and m - 1 zeros, variance (m - 1) / m^2;
+    # the two classes no head picks add 0 to the mean over the m + 2 classes.
+    assert u.variance[0] == pytest.approx((m - 1) / m**2 * m / (m + 2), abs=1e-15)
+
+
 @pytest.mark.parametrize("shape", [(3,), (2, 3), (1, 2, 3, 4)])
 def test_bad_shape_raises(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=r"\[batch, M, K\]"):
