@@ -32,7 +32,10 @@ def main() -> None:
     os.environ["MIMO_WORKERS"], os.environ["MIMO_THREADS"] = str(workers), str(threads)
     settings = Settings()
     logging.getLogger("mimo.service").info(
-        "%d worker process(es), %d ONNX Runtime thread(s) each", workers, threads
+        "%d worker process(es), %d ONNX Runtime thread(s) each (%d for a lone image)",
+        workers,
+        threads,
+        max(threads, settings.lone_layout()),
     )
     if settings.workers > 1:
         # prometheus-client's multiprocess mode: every worker writes its samples into one

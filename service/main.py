@@ -37,7 +37,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ready = False
         registry = ModelRegistry(
-            settings.repository, settings.providers, settings.threads, settings.max_batch_size
+            settings.repository,
+            settings.providers,
+            settings.threads,
+            settings.max_batch_size,
+            settings.lone_layout() if settings.threads else 0,
         )
         report = registry.load_all()
         log.info("serving %s; refused %s", report.loaded, list(report.failed) or "none")

@@ -25,7 +25,8 @@ def batch_function(model: ServedModel, packed: bool) -> Callable[[np.ndarray], A
 
     def run(images: np.ndarray) -> Answers:
         started = time.perf_counter()
-        logits = forward(model.session, pack(images, m) if packed else tile(images, m))
+        session = model.session_for(len(images))
+        logits = forward(session, pack(images, m) if packed else tile(images, m))
         inference.observe(time.perf_counter() - started)
         if packed:
             return score_packed(model.contract, logits, len(images), model.labels).prepare()

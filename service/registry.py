@@ -37,6 +37,12 @@ class ServedModel:
     session: ort.InferenceSession
     contract: ModelContract
     provider: str
+    # More threads for a batch of one (ModelRegistry's lone_threads): latency at low load,
+    # while batches keep one session's threads per worker and do not oversubscribe the cores.
+    lone_session: ort.InferenceSession | None = None
+
+    def session_for(self, batch: int) -> ort.InferenceSession:
+        return self.lone_session if batch == 1 and self.lone_session else self.session
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -51,7 +57,13 @@ class LoadReport:
 
 
 def load_model(
-    path: Path, name: str, version: int, providers: str, threads: int, warmup_batch: int
+    path: Path,
+    name: str,
+    version: int,
+    providers: str,
+    threads: int,
+    warmup_batch: int,
+    lone_threads: int = 0,
 ) -> ServedModel:
     # Messages that reach clients name the file inside the repository, never the server's
     # own file system (`shown`); the log gets the full path.
@@ -67,18 +79,30 @@ def load_model(
         ) from None
     contract = contract_of(session, shown)
     model = ServedModel(name, version, path, session, contract, provider_name(session))
+    if lone_threads > threads and model.provider == "cpu":
+        model.lone_session = create_session(str(path), providers, lone_threads)
     zeros = np.zeros((1, *contract.input_shape), np.float32)
     for batch in {1, warmup_batch}:
         # warm-up: the first runs allocate and tune
         forward(session, tile(np.repeat(zeros, batch, axis=0), contract.ensemble_size))
+    if model.lone_session is not None:
+        forward(model.lone_session, tile(zeros, contract.ensemble_size))
     return model
 
 
 class ModelRegistry:
-    def __init__(self, root: Path, providers: str, threads: int, warmup_batch: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        providers: str,
+        threads: int,
+        warmup_batch: int,
+        lone_threads: int = 0,
+    ) -> None:
         self.root = Path(root)
         self.providers = providers
         self.threads = threads
+        self.lone_threads = lone_threads
         self.warmup_batch = warmup_batch
         self._models: dict[str, dict[int, ServedModel]] = {}
         self.failures: dict[str, str] = {}  # "name/version" -> why it is not served
@@ -110,7 +134,13 @@ class ModelRegistry:
         for version, path in sorted(self._versions_on_disk(name).items()):
             try:
                 built[version] = load_model(
-                    path, name, version, self.providers, self.threads, self.warmup_batch
+                    path,
+                    name,
+                    version,
+                    self.providers,
+                    self.threads,
+                    self.warmup_batch,
+                    self.lone_threads,
                 )
             except (ContractError, ProviderError) as exc:
                 failed[f"{name}/{version}"] = str(exc)

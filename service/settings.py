@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     )
     max_images_per_request: int = Field(64, ge=1)
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: one per core)")
+    lone_threads: int = Field(
+        0,
+        ge=0,
+        description="ONNX Runtime threads for a lone image (a batch of one), from a second "
+        "session of each CPU model; 0: every core with several workers (a lone image finds "
+        "the other cores idle), else MIMO_THREADS; not above MIMO_THREADS: no second session",
+    )
     providers: Providers = Field("auto", description="execution providers to ask for")
     api_key: SecretStr | None = Field(None, description="require `Authorization: Bearer <key>`")
     model_control: Literal["none", "explicit"] = Field(
@@ -106,10 +113,17 @@ class Settings(BaseSettings):
         every core. Explicit MIMO_WORKERS / MIMO_THREADS win; threads are never more than the
         cores divided among the workers.
         """
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        cores = _cores()
         workers = self.workers or (1 if self.model_control == "explicit" else min(cores, 4))
         threads = self.threads or max(1, cores // workers)
         return workers, threads
+
+    def lone_layout(self) -> int:
+        """ONNX Runtime threads for a lone image: MIMO_LONE_THREADS, or every core when the
+        workers divide the cores between them (a lone image finds the others idle); no more
+        than a batch gets otherwise."""
+        workers, threads = self.process_layout()
+        return self.lone_threads or (_cores() if workers > 1 else threads)
 
     @model_validator(mode="after")
     def _control_needs_a_key(self) -> Settings:
@@ -119,3 +133,8 @@ class Settings(BaseSettings):
                 "MIMO_API_KEY too (clients then send `Authorization: Bearer <key>`)"
             )
         return self
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1

@@ -242,3 +242,24 @@ def test_bad_model_name_and_odd_version_folders(repository_copy: Path) -> None:
             assert bad.status_code == 400 and "must match" in bad.json()["error"]
 
     asyncio.run(scenario())
+
+
+def test_a_lone_image_runs_on_a_session_with_more_threads(repository_copy: Path) -> None:
+    from service.inference import forward, tile
+
+    registry = ModelRegistry(repository_copy, "cpu", 1, 4, lone_threads=2)
+    registry.load_all()
+    model = registry.get("digits", None)
+    assert model.lone_session is not None
+    assert model.session.get_session_options().intra_op_num_threads == 1
+    assert model.lone_session.get_session_options().intra_op_num_threads == 2
+    assert model.session_for(1) is model.lone_session
+    assert model.session_for(2) is model.session
+    image = np.random.default_rng(0).random((1, *model.contract.input_shape), np.float32)
+    inputs = tile(image, model.contract.ensemble_size)
+    np.testing.assert_allclose(
+        forward(model.lone_session, inputs), forward(model.session, inputs), atol=1e-5
+    )
+    plain = ModelRegistry(repository_copy, "cpu", 2, 4, lone_threads=2)
+    plain.load_all()
+    assert plain.get("digits", None).lone_session is None  # no more threads: no second session

@@ -26,3 +26,23 @@ def test_process_layout(
     monkeypatch.delenv("MIMO_THREADS", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
     assert Settings(**overrides).process_layout() == expected
+
+
+@pytest.mark.parametrize(
+    ("cores", "overrides", "expected"),
+    [
+        (2, {}, 2),  # two workers of one thread: a lone image gets both cores
+        (16, {}, 16),
+        (1, {}, 1),  # one worker already has every core: no second session
+        (8, {"workers": 1, "threads": 3}, 3),
+        (8, {"lone_threads": 4}, 4),
+    ],
+)
+def test_lone_image_threads(
+    monkeypatch: pytest.MonkeyPatch, cores: int, overrides: dict, expected: int
+) -> None:
+    monkeypatch.delenv("MIMO_WORKERS", raising=False)
+    monkeypatch.delenv("MIMO_THREADS", raising=False)
+    monkeypatch.delenv("MIMO_LONE_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    assert Settings(**overrides).lone_layout() == expected
