@@ -12,6 +12,7 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
+from service.cores import create_board
 from service.settings import LOG_FORMAT, Settings
 
 
@@ -44,6 +45,9 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+        board = folder / "cores.board"  # (not a *.db file: the metrics collector skips it)
+        create_board(board)
+        os.environ["MIMO_CORES_BOARD"] = str(board)
     uvicorn.run(
         "service.main:create_app",
         factory=True,

@@ -11,22 +11,31 @@ import numpy as np
 
 from service import metrics
 from service.batching import BatchObserver, DynamicBatcher
+from service.cores import CoresBoard
 from service.inference import forward, pack, tile
 from service.postprocess import Answers, Row, score, score_packed
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings
 
 
-def batch_function(model: ServedModel, packed: bool) -> Callable[[np.ndarray], Answers]:
+def batch_function(
+    model: ServedModel, packed: bool, cores: CoresBoard | None = None
+) -> Callable[[np.ndarray], Answers]:
     """What the batcher runs in the inference thread for each batch [N, C, H, W]: tile (or
-    pack), one forward pass (timed alone: mimo_inference_duration_seconds), postprocess."""
+    pack), one forward pass (timed alone: mimo_inference_duration_seconds), postprocess.
+
+    A lone image runs on the model's lone session (every core) unless another worker is
+    computing (`cores`)."""
     inference = metrics.INFERENCE_DURATION.labels(*model.labels)
     m = model.contract.ensemble_size
+    cores = cores or CoresBoard(None)
 
     def run(images: np.ndarray) -> Answers:
         started = time.perf_counter()
-        session = model.session_for(len(images))
-        logits = forward(session, pack(images, m) if packed else tile(images, m))
+        lone = len(images) == 1 and not cores.others_busy()
+        session = model.session_for(lone)
+        with cores.busy():
+            logits = forward(session, pack(images, m) if packed else tile(images, m))
         inference.observe(time.perf_counter() - started)
         if packed:
             return score_packed(model.contract, logits, len(images), model.labels).prepare()
@@ -41,6 +50,7 @@ class BatcherPool:
         self.settings = settings
         # One inference at a time per process: ONNX Runtime already uses every core it is given.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.cores = CoresBoard(settings.cores_board)
         # (model, packed) -> its queue: ensemble and packed requests batch apart, and take
         # turns on the one inference thread.
         self._batchers: dict[tuple[ServedModel, bool], DynamicBatcher] = {}
@@ -76,7 +86,7 @@ class BatcherPool:
         batcher = self._batchers.get((model, packed))
         if batcher is None:
             batcher = DynamicBatcher(
-                batch_function(model, packed),
+                batch_function(model, packed, self.cores),
                 self.executor,
                 # a packed forward pass holds M images per row
                 self.settings.max_batch_size * (model.contract.ensemble_size if packed else 1),

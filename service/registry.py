@@ -41,8 +41,9 @@ class ServedModel:
     # while batches keep one session's threads per worker and do not oversubscribe the cores.
     lone_session: ort.InferenceSession | None = None
 
-    def session_for(self, batch: int) -> ort.InferenceSession:
-        return self.lone_session if batch == 1 and self.lone_session else self.session
+    def session_for(self, lone: bool) -> ort.InferenceSession:
+        """The lone session for a lone image, where there is one; else the batch session."""
+        return self.lone_session if lone and self.lone_session is not None else self.session
 
     @property
     def labels(self) -> tuple[str, str]:

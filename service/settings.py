@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     metrics_dir: Path | None = Field(
         None, description="prometheus multiprocess directory (set when workers > 1)"
     )
+    cores_board: Path | None = Field(
+        None, description="which workers compute now (set by `python -m service`; cores.py)"
+    )
     shutdown_delay_s: float = Field(
         2.0,
         ge=0,

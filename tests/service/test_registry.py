@@ -253,8 +253,8 @@ def test_a_lone_image_runs_on_a_session_with_more_threads(repository_copy: Path)
     assert model.lone_session is not None
     assert model.session.get_session_options().intra_op_num_threads == 1
     assert model.lone_session.get_session_options().intra_op_num_threads == 2
-    assert model.session_for(1) is model.lone_session
-    assert model.session_for(2) is model.session
+    assert model.session_for(lone=True) is model.lone_session
+    assert model.session_for(lone=False) is model.session
     image = np.random.default_rng(0).random((1, *model.contract.input_shape), np.float32)
     inputs = tile(image, model.contract.ensemble_size)
     np.testing.assert_allclose(
