@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -182,7 +183,29 @@ HEY_PCT = re.compile(r"\s(50|99)% in ([0-9.]+) secs")
 HEY_STATUS = re.compile(r"\[(\d{3})\]\s+(\d+) responses")
 
 
-def hey(url: str, image_path: Path, concurrency: int, seconds: float) -> dict[str, Any]:
+def session_cpu_s(session: int) -> float:
+    """CPU seconds (user + system) of the live processes of a session: a server and its
+    workers (started with start_new_session, so the session id is the server's pid)."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:  # after the ")" of the command name: state, ppid, pgrp, session, ...
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def hey(
+    url: str, image_path: Path, concurrency: int, seconds: float, server: int | None = None
+) -> dict[str, Any]:
+    """One hey run; with `server` (its session id), the CPU that the server and hey spent per
+    request: both run on the same cores, so these say where the machine's time went."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_s = session_cpu_s(server) if server else float("nan")
     done = subprocess.run(
         [
             "hey",
@@ -202,15 +225,22 @@ def hey(url: str, image_path: Path, concurrency: int, seconds: float) -> dict[st
         text=True,
         check=True,
     )
+    server_s = (session_cpu_s(server) if server else float("nan")) - server_s
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # hey, reaped by now
+    hey_s = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     out = done.stdout
     statuses = {int(code): int(n) for code, n in HEY_STATUS.findall(out)}
     pct = {int(p): float(s) * 1000 for p, s in HEY_PCT.findall(out)}
+    rps = float(HEY_RPS.search(out).group(1))
+    requests = max(1.0, rps * seconds)
     return {
-        "req_per_s": float(HEY_RPS.search(out).group(1)),
+        "req_per_s": rps,
         "p50_ms": pct.get(50, float("nan")),
         "p99_ms": pct.get(99, float("nan")),
         "statuses": statuses,
         "errors": "Error distribution" in out,
+        "server_cpu_ms": 1000 * server_s / requests,
+        "hey_cpu_ms": 1000 * hey_s / requests,
     }
 
 
@@ -231,7 +261,7 @@ def measure_server(
         try:
             wait_ready(url, image, process, 120)
             hey(url, image_path, max(args.concurrency), 1.0)  # warm-up, not counted
-            return {c: hey(url, image_path, c, args.seconds) for c in args.concurrency}
+            return {c: hey(url, image_path, c, args.seconds, process.pid) for c in args.concurrency}
         except Exception:
             log.seek(0)
             sys.stderr.write(log.read().decode(errors="replace")[-3000:])
@@ -321,6 +351,8 @@ def main(argv: list[str] | None = None) -> None:
             for c, result in measure_server(server, port, image, args.image, args).items():
                 runs.setdefault((name, c), []).append(result)
         raw.append(raw_ort(args.model, tensor, os.cpu_count() or 1, args.seconds / 2))
+        one = raw_ort(args.model, tensor, 1, args.seconds / 2)
+        raw[-1]["one_thread_images_per_s_batch32"] = one["images_per_s_batch32"]
     rows = []
     for (name, c), results in runs.items():
         rows.append(
@@ -334,6 +366,8 @@ def main(argv: list[str] | None = None) -> None:
                 "non_200": sum(
                     n for r in results for code, n in r["statuses"].items() if code != 200
                 ),
+                "server_cpu_ms": statistics.median(r["server_cpu_ms"] for r in results),
+                "hey_cpu_ms": statistics.median(r["hey_cpu_ms"] for r in results),
             }
         )
     for row in rows:
@@ -351,18 +385,24 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model}; "
         f"hey -z {args.seconds}s, medians of {args.repeats}"
     )
-    print("| server | clients | req/s | x plain | x trivial | p50 ms | p99 ms | non-200 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| server | clients | req/s | x plain | x trivial | p50 ms | p99 ms | non-200 "
+        "| server CPU ms/req | hey CPU ms/req |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in sorted(rows, key=lambda r: (r["concurrency"], args.servers.index(r["server"]))):
         fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
         print(
             f"| {r['server']} | {r['concurrency']} | {r['req_per_s']:.0f} | {fmt(r['vs_plain'])} | "
-            f"{fmt(r['vs_trivial'])} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_200']} |"
+            f"{fmt(r['vs_trivial'])} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_200']} "
+            f"| {r['server_cpu_ms']:.3f} | {r['hey_cpu_ms']:.3f} |"
         )
     print(
         f"\nONNX Runtime alone, no HTTP ({os.cpu_count()} threads): "
         f"{raw_median['images_per_s_batch1']:.0f} images/s at batch 1, "
-        f"{raw_median['images_per_s_batch32']:.0f} at batch 32"
+        f"{raw_median['images_per_s_batch32']:.0f} at batch 32; on one thread at batch 32 "
+        f"{raw_median['one_thread_images_per_s_batch32']:.0f} images/s, that is "
+        f"{1000 / raw_median['one_thread_images_per_s_batch32']:.3f} CPU ms per image"
     )
     for name, text in what.items():
         print(f"- `{name}`: {text}")
