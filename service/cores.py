@@ -13,11 +13,12 @@ import contextlib
 import fcntl
 import mmap
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 SLOTS = 64  # worker processes a board holds; more than the layout ever starts
-_SIZE = 2 * SLOTS * 4  # int32 pids, then int32 busy flags
+_SIZE = 2 * SLOTS * 4  # int32 pids, then int32 counts of passes running
 
 
 def create_board(path: Path) -> None:
@@ -25,20 +26,23 @@ def create_board(path: Path) -> None:
     path.write_bytes(bytes(_SIZE))
 
 
-def _alive(pid: int) -> bool:
+def _sibling(pid: int) -> bool:
+    """Is `pid` a live process with this one's parent (another worker of the same server)? A
+    dead worker's pid reused by some other process must not hold its slot."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return fields[0] != "Z" and int(fields[1]) == os.getppid()
 
 
 class CoresBoard:
     def __init__(self, path: Path | None) -> None:
+        self._map: mmap.mmap | None = None
         self._view: memoryview | None = None
         self._slot = -1
+        # This worker's passes: the inference thread's, and a lone image's on the event loop.
+        self._lock = threading.Lock()
         if path is None:
             return
         with open(path, "r+b") as file:
@@ -47,27 +51,47 @@ class CoresBoard:
             fcntl.flock(file, fcntl.LOCK_EX)  # claiming a slot: one worker at a time
             try:
                 pid = os.getpid()
-                free = [i for i in range(SLOTS) if view[i] == 0 or not _alive(view[i])]
+                taken = [
+                    view[i] == pid or (view[i] != 0 and _sibling(view[i])) for i in range(SLOTS)
+                ]
                 mine = next((i for i in range(SLOTS) if view[i] == pid), None)
-                slot = mine if mine is not None else (free[0] if free else -1)
+                free = next((i for i in range(SLOTS) if not taken[i]), -1)
+                slot = mine if mine is not None else free
                 if slot >= 0:  # (a full board: this worker never counts as busy)
                     view[slot] = pid
-                    view[SLOTS + slot] = 0  # a dead worker's flag may have stayed up
+                    view[SLOTS + slot] = 0  # a dead worker's count may have stayed up
             finally:
                 fcntl.flock(file, fcntl.LOCK_UN)
         self._view, self._slot = view, slot
 
     def others_busy(self) -> bool:
-        """Is another worker in a forward pass (this one's flag is down outside `busy`)?"""
-        return self._view is not None and any(self._view[SLOTS:])
+        """Is another worker in a forward pass?"""
+        view, slot = self._view, self._slot
+        if view is None:
+            return False
+        return any(view[SLOTS : SLOTS + slot]) or any(view[SLOTS + slot + 1 :])
 
     @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
-        if self._view is None or self._slot < 0:
-            yield
+    def busy(self) -> Iterator[bool]:
+        """Count this worker as computing for the block; yields whether another worker already
+        was. This worker's count goes up first, so two workers that start together both see
+        the other (and neither takes every core)."""
+        view, slot = self._view, self._slot
+        if view is None or slot < 0:
+            yield self.others_busy()
             return
-        self._view[SLOTS + self._slot] = 1
+        with self._lock:
+            view[SLOTS + slot] += 1
         try:
-            yield
+            yield self.others_busy()
         finally:
-            self._view[SLOTS + self._slot] = 0
+            with self._lock:
+                view[SLOTS + slot] -= 1
+
+    def close(self) -> None:
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None

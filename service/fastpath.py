@@ -81,7 +81,9 @@ def fast_request(scope: Scope) -> tuple[dict, str] | None:
 
 class Service(FastAPI):
     """The FastAPI application, but the requests `fast_request` accepts go to `fast` (this
-    service's middleware around `fast_predict`) without passing through FastAPI's layers."""
+    service's middleware around `fast_predict`) without passing through FastAPI's layers.
+    Middleware added to the app after create_app (an OpenTelemetry instrumentation, say) does
+    not see those requests: wrap the whole app instead."""
 
     fast: ASGIApp | None = None
 

@@ -41,7 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.providers,
             settings.threads,
             settings.max_batch_size,
-            settings.lone_layout() if settings.threads else 0,
+            # with a board only (several workers, `python -m service`), or when asked for
+            settings.lone_layout()
+            if settings.threads and (settings.cores_board or settings.lone_threads)
+            else 0,
         )
         report = registry.load_all()
         log.info("serving %s; refused %s", report.loaded, list(report.failed) or "none")

@@ -32,9 +32,8 @@ def batch_function(
 
     def run(images: np.ndarray) -> Answers:
         started = time.perf_counter()
-        lone = len(images) == 1 and not cores.others_busy()
-        session = model.session_for(lone)
-        with cores.busy():
+        with cores.busy() as others_busy:
+            session = model.session_for(lone=len(images) == 1 and not others_busy)
             logits = forward(session, pack(images, m) if packed else tile(images, m))
         inference.observe(time.perf_counter() - started)
         if packed:
@@ -135,3 +134,4 @@ class BatcherPool:
         await asyncio.gather(*(b.close() for b in self._batchers.values()))
         self._batchers.clear()
         self.executor.shutdown(wait=True)
+        self.cores.close()

@@ -176,6 +176,11 @@ def _finish(pixels: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3}  # IHDR colour type -> channels: gray, RGB
+# Chunks that make Pillow's answer differ from the bare pixels: tRNS (transparency), eXIf and
+# the text chunks (Pillow's getexif() also reads an orientation from XMP in iTXt and from
+# ImageMagick's "Raw profile type exif" in tEXt/zTXt). Four such bytes inside compressed
+# pixels only send the file to Pillow, which is never wrong.
+_PILLOW_CHUNKS = (b"tRNS", b"eXIf", b"tEXt", b"zTXt", b"iTXt")
 
 
 def simple_png(
@@ -185,15 +190,18 @@ def simple_png(
     Pillow's path would do nothing more to it: no transparency, no EXIF orientation, no
     shrinking of a large image first, no colour conversion but gray to RGB (a copy). None for
     anything else, and for anything libspng refuses: Pillow then decodes it (and words the
-    errors)."""
+    errors). One difference is kept on purpose: an ancillary chunk with a bad CRC is skipped,
+    as libpng does, where Pillow refuses the whole file (the pixels' own chunks are checked)."""
     if pyspng is None or len(data) < 33 or not data.startswith(_PNG) or data[12:16] != b"IHDR":
         return None
     width, height = struct.unpack(">II", data[16:24])
     channels = _PNG_CHANNELS.get(data[25])
     if data[24] != 8 or channels is None or width * height > max_pixels:
         return None
-    if (color == "L" and channels == 3) or b"tRNS" in data or b"eXIf" in data:
-        return None  # Pillow's own luma rounding; transparency; orientation
+    if color == "L" and channels == 3:
+        return None  # Pillow's own luma rounding
+    if any(tag in data for tag in _PILLOW_CHUNKS):
+        return None  # transparency, or metadata Pillow reads an EXIF orientation from
     if min(width // (2 * target[0]), height // (2 * target[1])) >= 2:
         return None  # to_input reduces it first
     try:

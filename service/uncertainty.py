@@ -59,14 +59,6 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e
 
 
-def entropy(p: np.ndarray) -> np.ndarray:
-    """Shannon entropy in nats over the last axis."""
-    log_p = np.maximum(p, _TINY)
-    np.log(log_p, out=log_p)
-    log_p *= p
-    return -log_p.sum(axis=-1)
-
-
 def _differ(top: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """[B, M] top classes -> [B, M, M] flags: do heads i and j disagree."""
     return np.not_equal(top[:, :, None], top[:, None, :], out=out, casting="unsafe")

@@ -321,6 +321,20 @@ def test_libspng_leaves_transparency_and_orientation_to_pillow() -> None:
     rotated = encode(noise(8), "PNG", exif=exif)
     assert simple_png(rotated, "L", LIMIT, (8, 8)) is None
     assert simple_png(plain, "L", 63, (8, 8)) is None  # over the pixel limit: Pillow refuses
+    from PIL import PngImagePlugin
+
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+        'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp)
+    with_xmp = encode(noise(8), "PNG", pnginfo=info)
+    assert simple_png(with_xmp, "L", LIMIT, (8, 8)) is None
+    rotated = pillow_path(with_xmp, GRAY)
+    assert not np.array_equal(rotated, pillow_path(plain, GRAY))  # Pillow turns it upright
+    assert np.array_equal(run(with_xmp), rotated)
 
 
 def test_libspng_path_refuses_corrupt_and_truncated_pngs() -> None:
