@@ -50,13 +50,12 @@ class CoresBoard:
             view = memoryview(self._map).cast("i")
             fcntl.flock(file, fcntl.LOCK_EX)  # claiming a slot: one worker at a time
             try:
-                pid = os.getpid()
-                taken = [
-                    view[i] == pid or (view[i] != 0 and _sibling(view[i])) for i in range(SLOTS)
-                ]
-                mine = next((i for i in range(SLOTS) if view[i] == pid), None)
-                free = next((i for i in range(SLOTS) if not taken[i]), -1)
-                slot = mine if mine is not None else free
+                pid, pids = os.getpid(), view[:SLOTS].tolist()
+                slot = (
+                    pids.index(pid)
+                    if pid in pids
+                    else next((i for i, p in enumerate(pids) if not p or not _sibling(p)), -1)
+                )
                 if slot >= 0:  # (a full board: this worker never counts as busy)
                     view[slot] = pid
                     view[SLOTS + slot] = 0  # a dead worker's count may have stayed up

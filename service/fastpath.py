@@ -63,20 +63,17 @@ def plain_parameters(query: bytes) -> dict | None:
     return values
 
 
-def fast_request(scope: Scope) -> tuple[dict, str] | None:
-    """(parameters, content type) of a POST /predict that the fast path serves; None for any
-    other request."""
+def fast_request(scope: Scope) -> tuple[dict, str, dict[bytes, bytes]] | None:
+    """(parameters, content type, headers) of a POST /predict that the fast path serves; None
+    for any other request."""
     if scope["type"] != "http" or scope["path"] != "/predict" or scope["method"] != "POST":
         return None
-    ctype = b""
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            ctype = value
-    media = ctype.split(b";")[0].strip().lower().decode("latin-1")
-    if not is_raw_image(media):
+    headers = dict(scope["headers"])
+    ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
+    if not is_raw_image(ctype):
         return None
     params = plain_parameters(scope["query_string"])
-    return None if params is None else (params, media)
+    return None if params is None else (params, ctype, headers)
 
 
 class Service(FastAPI):
@@ -101,8 +98,7 @@ _KEY = "mimo.fast_predict"
 
 async def fast_predict(scope: Scope, receive: Receive, send: Send) -> None:
     """Serve a request `fast_request` accepted (Service put its answer in the scope)."""
-    params, ctype = scope[_KEY]
-    headers = dict(scope["headers"])
+    params, ctype, headers = scope[_KEY]
     started = time.monotonic()
     state = scope["app"].state
     settings, registry, pool = state.settings, state.registry, state.pool

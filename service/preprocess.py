@@ -219,10 +219,11 @@ def simple_png(
 def preprocess(
     data: bytes, content_type: str | None, spec: dict[str, Any], max_pixels: int
 ) -> np.ndarray:
-    pixels = simple_png(data, spec["color"], max_pixels, tuple(spec["resize"]))
+    target = tuple(spec["resize"])
+    pixels = simple_png(data, spec["color"], max_pixels, target)
     if pixels is not None:
         return _finish(pixels, spec)
-    image = decode(data, content_type, max_pixels, tuple(spec["resize"]))
+    image = decode(data, content_type, max_pixels, target)
     try:
         return to_input(image, spec)
     except (OSError, SyntaxError, ValueError) as exc:  # e.g. a LAB TIFF has no RGB conversion
