@@ -11,7 +11,9 @@ from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.supervisors import Multiprocess
 
+from service import listen
 from service.cores import create_board
 from service.settings import LOG_FORMAT, Settings
 
@@ -38,6 +40,17 @@ def main() -> None:
         threads,
         max(threads, settings.lone_layout()),
     )
+    sock = None
+    if settings.workers > 1 and listen.SUPPORTED:
+        # One listening socket per worker, not uvicorn's shared one (service/listen.py). Bound
+        # first: a second server started by mistake stops here, before it wipes the metrics
+        # folder of the one that holds the port.
+        try:
+            sock = listen.worker_socket(settings.host, settings.port)
+        except OSError as exc:
+            where = f"{settings.host}:{settings.port}"
+            print(f"mimo-serve: cannot listen on {where}: {exc}", file=sys.stderr)
+            sys.exit(1)
     if settings.workers > 1:
         # prometheus-client's multiprocess mode: every worker writes its samples into one
         # folder, wiped at start so totals from an earlier run do not leak in.
@@ -48,8 +61,7 @@ def main() -> None:
         board = folder / "cores.board"  # (not a *.db file: the metrics collector skips it)
         create_board(board)
         os.environ["MIMO_CORES_BOARD"] = str(board)
-    uvicorn.run(
-        "service.main:create_app",
+    options = dict(
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -58,6 +70,15 @@ def main() -> None:
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
+    if sock is None:
+        uvicorn.run("service.main:create_app", **options)
+        return
+    logging.getLogger("uvicorn.error").info(
+        "Uvicorn running on http://%s:%d, one listening socket per worker (SO_REUSEPORT)",
+        settings.host,
+        sock.getsockname()[1],
+    )
+    Multiprocess(uvicorn.Config("service.main:create_app", **options), sockets=[sock]).run()
 
 
 if __name__ == "__main__":

@@ -179,6 +179,43 @@ def test_metrics_aggregate_two_workers(two_workers: Server) -> None:
     assert time.monotonic() - started < DEADLINE_S
 
 
+def established_per_worker(pids: set[int], port: int) -> dict[int, int]:
+    """How many accepted connections on `port` each worker holds (from /proc)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # ESTABLISHED
+            inodes.add(f"socket:[{fields[9]}]")
+    counts = {}
+    for pid in pids:
+        fds = Path(f"/proc/{pid}/fd")
+        counts[pid] = sum(1 for fd in fds.iterdir() if os.readlink(fd) in inodes)
+    return counts
+
+
+@pytest.mark.slow
+def test_keep_alive_connections_opened_together_spread_over_both_workers(
+    two_workers: Server,
+) -> None:
+    """A pool of keep-alive connections opened at once (a proxy, a load generator) lands on
+    both workers: each listens on its own socket (service/listen.py). With one shared socket
+    the worker that woke first took them all."""
+    pids = worker_pids(two_workers.metrics_dir)
+    port = int(two_workers.url.rsplit(":", 1)[1])
+    clients = [httpx.Client(base_url=two_workers.url, timeout=10) for _ in range(16)]
+    try:
+        for client in clients:
+            assert client.get("/v2/health/ready").status_code == 200
+        counts = established_per_worker(pids, port)
+        assert sum(counts.values()) == 16, counts
+        # hashed by the kernel: all 16 on one worker has probability 2 ** -15
+        assert min(counts.values()) >= 1, counts
+        assert two_workers.process.pid not in counts
+    finally:
+        for client in clients:
+            client.close()
+
+
 @pytest.mark.slow
 def test_grpc_port_shared_by_both_workers(two_workers: Server) -> None:
     """Both workers listen on the one gRPC port (SO_REUSEPORT); the totals add up as for HTTP.
@@ -239,3 +276,20 @@ def test_a_dead_worker_leaves_no_stale_gauges(two_workers: Server) -> None:
         assert capacity() == 2 * 256
         assert total_predictions() == counted
     assert not list(two_workers.metrics_dir.glob(f"gauge_live*_{victim}.db"))
+
+
+@pytest.mark.slow
+def test_a_second_server_on_the_port_fails_loudly(
+    two_workers: Server, model_repository: Path, tmp_path: Path
+) -> None:
+    """Workers listen with SO_REUSEPORT, but a second `python -m service` on the same port
+    must not join them (it would take half the connections): it stops with an error."""
+    port = int(two_workers.url.rsplit(":", 1)[1])
+    env = service_env(model_repository, port, MIMO_WORKERS="2")
+    process = Process(SERVICE, tmp_path / "second.log", env=env, cwd=ROOT)
+    try:
+        wait_for("exit", lambda: process.popen.poll() is not None, 60)
+        assert process.popen.returncode != 0
+        assert f"cannot listen on 127.0.0.1:{port}" in process.output()
+    finally:
+        process.stop()
