@@ -77,9 +77,13 @@ class Scored(Answers):
     @cached_property
     def members(self) -> tuple[list[list[int]], list[list[float]], list[list[float]]]:
         """Each head's top class, its probability and the head's KL to the mean: [N][M]."""
-        top = self.u.member_probabilities.argmax(axis=-1)  # [N, M]
-        p = np.take_along_axis(self.u.member_probabilities, top[..., None], axis=-1)[..., 0]
-        return top.tolist(), p.tolist(), self.u.kl_to_mean.tolist()
+        members = self.u.member_probabilities  # [N, M, K]
+        # the top class's probability is the maximum: no gather (take_along_axis: 20 us)
+        return (
+            members.argmax(axis=-1).tolist(),
+            members.max(axis=-1).tolist(),
+            self.u.kl_to_mean.tolist(),
+        )
 
     @cached_property
     def measures(self) -> list[dict[str, float]]:
