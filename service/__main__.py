@@ -34,12 +34,6 @@ def main() -> None:
     # The workers read their settings from the environment: they see the layout chosen here.
     os.environ["MIMO_WORKERS"], os.environ["MIMO_THREADS"] = str(workers), str(threads)
     settings = Settings()
-    logging.getLogger("mimo.service").info(
-        "%d worker process(es), %d ONNX Runtime thread(s) each (%d for a lone image)",
-        workers,
-        threads,
-        max(threads, settings.lone_layout()),
-    )
     sock = None
     if settings.workers > 1 and listen.SUPPORTED:
         # One listening socket per worker, not uvicorn's shared one (service/listen.py). Bound
@@ -61,6 +55,12 @@ def main() -> None:
         board = folder / "cores.board"  # (not a *.db file: the metrics collector skips it)
         create_board(board)
         os.environ["MIMO_CORES_BOARD"] = str(board)
+    logging.getLogger("mimo.service").info(
+        "%d worker process(es), %d ONNX Runtime thread(s) each (%d for a lone image)",
+        workers,
+        threads,
+        Settings().lone_layout() or threads,  # as the workers will read it, board included
+    )
     options = dict(
         factory=True,
         host=settings.host,

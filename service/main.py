@@ -41,10 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.providers,
             settings.threads,
             settings.max_batch_size,
-            # with a board only (several workers, `python -m service`), or when asked for
-            settings.lone_layout()
-            if settings.threads and (settings.cores_board or settings.lone_threads)
-            else 0,
+            settings.lone_layout(),
         )
         report = registry.load_all()
         log.info("serving %s; refused %s", report.loaded, list(report.failed) or "none")

@@ -80,7 +80,7 @@ def load_model(
         ) from None
     contract = contract_of(session, shown)
     model = ServedModel(name, version, path, session, contract, provider_name(session))
-    if lone_threads > threads and model.provider == "cpu":
+    if lone_threads and model.provider == "cpu":  # (Settings.lone_layout)
         model.lone_session = create_session(str(path), providers, lone_threads, spin_in_run=True)
     zeros = np.zeros((1, *contract.input_shape), np.float32)
     for batch in {1, warmup_batch}:

@@ -55,8 +55,8 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="ONNX Runtime threads for a lone image (a batch of one), from a second "
-        "session of each CPU model; 0: every core with several workers (a lone image finds "
-        "the other cores idle), else MIMO_THREADS; not above MIMO_THREADS: no second session",
+        "session of each CPU model; 0: every core with several workers and their board of "
+        "busy workers (`python -m service`), else none; not above MIMO_THREADS: none",
     )
     providers: Providers = Field("auto", description="execution providers to ask for")
     api_key: SecretStr | None = Field(None, description="require `Authorization: Bearer <key>`")
@@ -122,11 +122,15 @@ class Settings(BaseSettings):
         return workers, threads
 
     def lone_layout(self) -> int:
-        """ONNX Runtime threads for a lone image: MIMO_LONE_THREADS, or every core when the
-        workers divide the cores between them (a lone image finds the others idle); no more
-        than a batch gets otherwise."""
+        """ONNX Runtime threads of each CPU model's lone-image session; 0: no such session.
+
+        MIMO_LONE_THREADS when set; else every core when several workers divide them, but
+        only with the board that says whether the other workers compute (`python -m service`
+        sets it: service/cores.py), so that a lone image never takes cores another worker is
+        using. None when that is no more than a batch gets anyway."""
         workers, threads = self.process_layout()
-        return self.lone_threads or (_cores() if workers > 1 else threads)
+        wanted = self.lone_threads or (_cores() if workers > 1 and self.cores_board else 0)
+        return wanted if wanted > threads else 0
 
     @model_validator(mode="after")
     def _control_needs_a_key(self) -> Settings:

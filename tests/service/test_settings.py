@@ -28,14 +28,19 @@ def test_process_layout(
     assert Settings(**overrides).process_layout() == expected
 
 
+BOARD = {"cores_board": "/run/mimo/cores.board"}
+
+
 @pytest.mark.parametrize(
     ("cores", "overrides", "expected"),
     [
-        (2, {}, 2),  # two workers of one thread: a lone image gets both cores
-        (16, {}, 16),
-        (1, {}, 1),  # one worker already has every core: no second session
-        (8, {"workers": 1, "threads": 3}, 3),
-        (8, {"lone_threads": 4}, 4),
+        (2, BOARD, 2),  # two workers of one thread: a lone image gets both cores
+        (16, BOARD, 16),
+        (2, {}, 0),  # no board to say whether the other worker computes: no second session
+        (1, BOARD, 0),  # one worker already has every core
+        (8, BOARD | {"workers": 1, "threads": 3}, 0),
+        (8, {"lone_threads": 4}, 4),  # 4 workers of 2 threads, asked for 4
+        (8, {"workers": 1, "threads": 3, "lone_threads": 2}, 0),  # fewer than a batch gets
     ],
 )
 def test_lone_image_threads(
@@ -44,5 +49,6 @@ def test_lone_image_threads(
     monkeypatch.delenv("MIMO_WORKERS", raising=False)
     monkeypatch.delenv("MIMO_THREADS", raising=False)
     monkeypatch.delenv("MIMO_LONE_THREADS", raising=False)
+    monkeypatch.delenv("MIMO_CORES_BOARD", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
     assert Settings(**overrides).lone_layout() == expected
