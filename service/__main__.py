@@ -44,7 +44,7 @@ def main() -> None:
         except OSError as exc:
             where = f"{settings.host}:{settings.port}"
             print(f"mimo-serve: cannot listen on {where}: {exc}", file=sys.stderr)
-            sys.exit(1)
+            sys.exit(listen.STARTUP_FAILURE)
     if settings.workers > 1:
         # prometheus-client's multiprocess mode: every worker writes its samples into one
         # folder, wiped at start so totals from an earlier run do not leak in.
@@ -73,9 +73,10 @@ def main() -> None:
     if sock is None:
         uvicorn.run("service.main:create_app", **options)
         return
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
     logging.getLogger("uvicorn.error").info(
         "Uvicorn running on http://%s:%d, one listening socket per worker (SO_REUSEPORT)",
-        settings.host,
+        host,
         sock.getsockname()[1],
     )
     Multiprocess(uvicorn.Config("service.main:create_app", **options), sockets=[sock]).run()

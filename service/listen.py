@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import socket
 import sys
+import tempfile
+from pathlib import Path
+from typing import IO
 
 # Linux hashes connections over the sockets of a SO_REUSEPORT group; macOS and the BSDs
 # accept the option but hand every connection to one socket.
 SUPPORTED = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
+STARTUP_FAILURE = 3  # uvicorn's supervisor stops, rather than restarts, a worker exiting so
 
 
 class WorkerSocket(socket.socket):
@@ -26,15 +30,23 @@ class WorkerSocket(socket.socket):
     pickles it to spawn the worker), a new socket bound to the same address: one listening
     socket per worker, all in one SO_REUSEPORT group.
 
-    The parent's own socket is bound but never listens: it holds the port (and fails at once
-    when the port is taken) without taking connections."""
+    The parent's own socket is bound but never listens: it holds the port without taking
+    connections."""
+
+    port_lock: IO[str] | None = None  # the parent's hold on the port (see worker_socket)
 
     def __reduce__(self) -> tuple:
-        return bind_shared, (self.family, self.getsockname())
+        return _worker_listener, (self.family, self.getsockname())
+
+    def close(self) -> None:
+        if self.port_lock is not None:
+            self.port_lock.close()
+            self.port_lock = None
+        super().close()
 
 
 def bind_shared(family: int, address: tuple) -> WorkerSocket:
-    """A socket of the SO_REUSEPORT group on `address` (port 0: a free port)."""
+    """A socket of the SO_REUSEPORT group on `address`."""
     sock = WorkerSocket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -47,19 +59,49 @@ def bind_shared(family: int, address: tuple) -> WorkerSocket:
     return sock
 
 
+def _worker_listener(family: int, address: tuple) -> WorkerSocket:
+    # Runs in the new worker as its arguments are unpickled, before uvicorn's own start-up:
+    # a failure exits as uvicorn's start-up failures do, so that the supervisor stops instead
+    # of restarting the worker forever.
+    try:
+        return bind_shared(family, address)
+    except OSError as exc:
+        print(f"mimo-serve worker: cannot listen on {address[:2]}: {exc}", file=sys.stderr)
+        raise SystemExit(STARTUP_FAILURE) from None
+
+
 def worker_socket(host: str, port: int) -> WorkerSocket:
     """The parent's socket for `host`:`port` that each worker turns into its own listener.
 
-    Bound before SO_REUSEPORT is on, so that a port another server holds fails here, even
-    another mimo-serve whose workers share it: joining its group would split the traffic
-    between two deployments."""
+    Refused when anything else holds the port: a listener (the bind comes before SO_REUSEPORT
+    is on), or another mimo-serve, even one whose workers are still starting and do not
+    listen yet (a lock per port): joining its group would split the traffic between two
+    deployments."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = WorkerSocket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.port_lock = _lock_port(sock.getsockname()[1]) if port else None
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # the workers may join
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def _lock_port(port: int) -> IO[str] | None:
+    """An exclusive lock on `port` among mimo-serve processes, held while the file is open."""
+    import fcntl  # (Unix only, as SO_REUSEPORT spreading)
+
+    path = Path(tempfile.gettempdir()) / f"mimo-serve-port-{port}.lock"
+    try:
+        handle = path.open("a")
+    except PermissionError:  # another user's server: the kernel keeps groups per user anyway
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise OSError(f"another mimo-serve holds port {port} ({path} is locked)") from None
+    return handle

@@ -141,6 +141,15 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _grpc_apart_from_http(self) -> Settings:
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(
+                f"MIMO_GRPC_PORT and MIMO_PORT are both {self.port}: give gRPC another port "
+                "(Triton's is 8001) or turn it off with MIMO_GRPC_PORT=0"
+            )
+        return self
+
 
 def _cores() -> int:
     """The cores this process may run on."""

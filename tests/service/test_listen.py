@@ -82,3 +82,27 @@ def test_a_port_another_server_shares_between_its_workers_fails_too() -> None:
     finally:
         other.close()
         others_worker.close()
+
+
+def test_another_mimo_serve_still_starting_holds_the_port() -> None:
+    """Its workers do not listen yet (models loading), so no bind fails: the port lock does."""
+    first = listen.worker_socket("127.0.0.1", 0)
+    port = first.getsockname()[1]
+    first.close()
+    first = listen.worker_socket("127.0.0.1", port)
+    try:
+        with pytest.raises(OSError, match="another mimo-serve holds port"):
+            listen.worker_socket("127.0.0.1", port)
+    finally:
+        first.close()
+    listen.worker_socket("127.0.0.1", port).close()  # free again once the first one is gone
+
+
+def test_a_worker_that_cannot_listen_stops_as_a_startup_failure() -> None:
+    """Not a traceback and exit code 1, which uvicorn's supervisor restarts forever."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        with pytest.raises(SystemExit) as stopped:
+            listen._worker_listener(socket.AF_INET, taken.getsockname())
+    assert stopped.value.code == listen.STARTUP_FAILURE == 3

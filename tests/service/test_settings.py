@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from service.settings import Settings
 
@@ -52,3 +53,10 @@ def test_lone_image_threads(
     monkeypatch.delenv("MIMO_CORES_BOARD", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
     assert Settings(**overrides).lone_layout() == expected
+
+
+def test_grpc_and_http_ports_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MIMO_GRPC_PORT", raising=False)
+    with pytest.raises(ValidationError, match="MIMO_GRPC_PORT=0"):
+        Settings(port=9000, grpc_port=9000)
+    assert Settings(port=9000, grpc_port=0).grpc_port == 0
