@@ -82,7 +82,6 @@ class DynamicBatcher:
         # event loop: the hop to the inference thread and back costs more than such a pass.
         self.inline_below_s = inline_below_s
         self._recent_s = float("inf")  # moving average of a batch's time, once there is one
-        self._computing = False  # a batch is in the inference thread
         self.queue: deque[Pending] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -103,19 +102,6 @@ class DynamicBatcher:
                 "retry after a second",
                 {"Retry-After": "1"},
             )
-        if (
-            len(images) == 1
-            and not self.queue
-            and not self._computing
-            and self._recent_s < self.inline_below_s
-        ):
-            # Nothing queued, nothing computing: this image would leave alone as the next batch
-            # and run on the loop (see _answer). Run it now, not two turns of the loop later.
-            self.observer.on_queue_wait(0.0)
-            started = time.perf_counter()
-            rows = self.infer(images[0][None])
-            self._record(1, time.perf_counter() - started)
-            return [rows[0]]
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout_s
         items = [Pending(img, loop.create_future(), deadline) for img in images]
@@ -193,35 +179,28 @@ class DynamicBatcher:
             if len(batch) == 1 and self._recent_s < self.inline_below_s:
                 results = self.infer(images)
             else:
-                self._computing = True
-                try:
-                    results = await asyncio.get_running_loop().run_in_executor(
-                        self.executor, self.infer, images
-                    )
-                finally:
-                    self._computing = False
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self.infer, images
+                )
         except Exception:  # isolate the image that broke the batch
             await self._one_by_one(batch)
             return
-        self._record(len(batch), time.perf_counter() - started)
-        for item, row in zip(batch, results, strict=True):
-            if not item.future.done():
-                item.future.set_result(row)
-
-    def _record(self, size: int, seconds: float) -> None:
+        seconds = time.perf_counter() - started
         # (per image, so that big batches do not keep lone ones off the loop)
-        per_image = seconds / size
+        per_image = seconds / len(batch)
         self._recent_s = (
             per_image
             if self._recent_s == float("inf")
             else (0.9 * self._recent_s + 0.1 * per_image)
         )
-        self.observer.on_batch(size, seconds)
+        self.observer.on_batch(len(batch), seconds)
+        for item, row in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(row)
 
     async def _one_by_one(self, batch: list[Pending]) -> None:
         loop = asyncio.get_running_loop()
         for item in batch:
-            self._computing = True
             try:
                 row = (await loop.run_in_executor(self.executor, self.infer, item.image[None]))[0]
             except Exception as exc:
@@ -230,8 +209,6 @@ class DynamicBatcher:
             else:
                 if not item.future.done():
                     item.future.set_result(row)
-            finally:
-                self._computing = False
 
     async def close(self) -> None:
         """Stop taking images, answer every queued one, then end."""

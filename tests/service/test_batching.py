@@ -277,8 +277,8 @@ def test_a_batch_that_breaks_outside_inference_does_not_stop_the_loop() -> None:
 
 
 class ThreadRecorder(SumModel):
-    def __init__(self, gate: threading.Event | None = None) -> None:
-        super().__init__(gate)
+    def __init__(self) -> None:
+        super().__init__()
         self.threads: list[str] = []
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -307,40 +307,3 @@ def test_lone_images_of_fast_models_run_on_the_event_loop(
     assert model.threads[0] != loop_thread
     later = {"loop" if t == loop_thread else "pool" for t in model.threads[1:]}
     assert later == {expected}
-
-
-def test_a_lone_image_that_finds_the_batcher_idle_runs_at_once_else_it_queues() -> None:
-    """Nothing queued and nothing computing: a lone image of a fast model runs in `submit`
-    itself, without the batcher's turns of the loop. While a batch computes in the inference
-    thread, a lone image queues behind it as usual."""
-    gate = threading.Event()
-    model = ThreadRecorder(gate)
-    depths: list[int] = []
-    waits: list[float] = []
-
-    async def main(executor: ThreadPoolExecutor) -> None:
-        observer = BatchObserver(on_queue_depth=depths.append, on_queue_wait=waits.append)
-        batcher = DynamicBatcher(model, executor, 4, 0.0, 100, observer, inline_below_s=1.0)
-        gate.set()
-        await batcher.submit([image(1)], 5.0)  # the first pass: timed in the inference thread
-        depths.clear()
-        rows = await batcher.submit([image(2)], 5.0)
-        np.testing.assert_allclose(rows[0], [8, -8])
-        assert model.threads[-1] == threading.current_thread().name
-        assert depths == [] and waits[-1] == 0.0  # it never queued
-
-        gate.clear()
-        model.started.clear()
-        pair = asyncio.ensure_future(batcher.submit([image(3), image(4)], 5.0))
-        while not model.started.is_set():
-            await asyncio.sleep(0.001)
-        lone = asyncio.ensure_future(batcher.submit([image(5)], 5.0))
-        await asyncio.sleep(0.01)
-        assert not lone.done() and len(batcher.queue) == 1  # behind the computing pair
-        gate.set()
-        assert [float(r[0]) for r in await pair] == [12, 16]
-        assert float((await lone)[0][0]) == 20
-        await batcher.close()
-
-    run(main)
-    assert model.batches[-2:] == [[12.0, 16.0], [20.0]]
