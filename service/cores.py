@@ -17,6 +17,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from service.procs import stat_fields, zombie
+
 SLOTS = 64  # worker processes a board holds; more than the layout ever starts
 _SIZE = 2 * SLOTS * 4  # int32 pids, then int32 counts of passes running
 
@@ -29,11 +31,8 @@ def create_board(path: Path) -> None:
 def _sibling(pid: int) -> bool:
     """Is `pid` a live process with this one's parent (another worker of the same server)? A
     dead worker's pid reused by some other process must not hold its slot."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return fields[0] != "Z" and int(fields[1]) == os.getppid()
+    fields = stat_fields(pid)
+    return fields is not None and not zombie(fields) and int(fields[1]) == os.getppid()
 
 
 class CoresBoard:
