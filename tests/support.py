@@ -123,3 +123,15 @@ def start_service(
         process.stop()
         raise
     return process
+
+
+def failed_start(env: dict[str, str], log: Path, timeout: float = 60) -> str:
+    """Start `python -m service` expecting it to refuse to start: its output, once it exited
+    with an error status."""
+    process = Process(SERVICE, log, env=env, cwd=ROOT)
+    try:
+        wait_for("exit", lambda: process.popen.poll() is not None, timeout)
+        assert process.popen.returncode != 0, process.output()
+        return process.output()
+    finally:
+        process.stop()

@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.http as triton_http
-from support import ROOT, SERVICE, Process, free_port, service_env, start_service, wait_for
+from support import (
+    ROOT,
+    SERVICE,
+    Process,
+    failed_start,
+    free_port,
+    service_env,
+    start_service,
+)
 from tritonclient.utils import InferenceServerException
 
 from service.oip_grpc import mimo_inference_pb2 as pb
@@ -397,13 +405,7 @@ def test_port_in_use_fails_loudly(model_repository: Path, tmp_path: Path, server
     taken = server.grpc.split(":")[1]
     port = free_port()
     env = service_env(model_repository, port, MIMO_GRPC_PORT=taken)
-    process = Process(SERVICE, tmp_path / "log", env=env, cwd=ROOT)
-    try:
-        wait_for("exit", lambda: process.popen.poll() is not None, 60)
-        assert process.popen.returncode != 0
-        assert f"cannot listen for gRPC on 127.0.0.1:{taken}" in process.output()
-    finally:
-        process.stop()
+    assert f"cannot listen for gRPC on 127.0.0.1:{taken}" in failed_start(env, tmp_path / "log")
 
 
 def test_generated_code_matches_the_proto(tmp_path: Path) -> None:

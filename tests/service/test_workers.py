@@ -19,7 +19,16 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from PIL import Image
-from support import ROOT, SERVICE, Process, free_port, service_env, wait_for, wait_ready
+from support import (
+    ROOT,
+    SERVICE,
+    Process,
+    failed_start,
+    free_port,
+    service_env,
+    wait_for,
+    wait_ready,
+)
 
 DEADLINE_S = 120  # for the whole module: start-up, traffic and scrapes
 PID_FILE = re.compile(r"_(\d+)\.db$")
@@ -293,10 +302,4 @@ def test_a_second_server_on_the_port_fails_loudly(
     must not join them (it would take half the connections): it stops with an error."""
     port = int(two_workers.url.rsplit(":", 1)[1])
     env = service_env(model_repository, port, MIMO_WORKERS="2")
-    process = Process(SERVICE, tmp_path / "second.log", env=env, cwd=ROOT)
-    try:
-        wait_for("exit", lambda: process.popen.poll() is not None, 60)
-        assert process.popen.returncode != 0
-        assert f"cannot listen on 127.0.0.1:{port}" in process.output()
-    finally:
-        process.stop()
+    assert f"cannot listen on 127.0.0.1:{port}" in failed_start(env, tmp_path / "second.log")
