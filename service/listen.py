@@ -97,8 +97,8 @@ def _lock_port(port: int) -> IO[str] | None:
     path = Path(tempfile.gettempdir()) / f"mimo-serve-port-{port}.lock"
     try:
         handle = path.open("a")
-    except PermissionError:  # another user's server: the kernel keeps groups per user anyway
-        return None
+    except OSError:  # another user's file (the kernel keeps groups per user anyway), or no
+        return None  # writable temp folder: the bind's own checks remain
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
