@@ -4,8 +4,8 @@ spreads connections over the workers.
 uvicorn's workers share one listening socket and uvloop accepts every pending connection at
 each wake-up: a burst of keep-alive connections (a load generator, a proxy's pool) lands on
 whichever worker woke first, and the other workers idle while that one queues. Measured with
-`hey -c 32` and 2 workers: all 32 connections in one worker in some runs, 1,395-1,735 req/s
-against ~2,000 when they were split.
+`hey -c 32` and 2 workers (docs/benchmarks.md): splits such as 2/30 connections, 1,344 req/s
+against ~2,000 when they were even.
 
 With SO_REUSEPORT each worker listens on its own socket and the kernel hashes each new
 connection (its addresses and ports) to one of them.
