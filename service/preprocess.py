@@ -147,13 +147,17 @@ def _to_mode(image: Image.Image, color: str) -> np.ndarray:
 
 def to_input(image: Image.Image, spec: dict[str, Any]) -> np.ndarray:
     """A decoded image -> float32 [C, H, W] in [0, 1], as the model's preprocess says."""
-    width, height = spec["resize"]
     # Shrink large 8-bit images while they are still bytes: converting a 4000x4000 image to
     # float first costs half a second and hundreds of MB for a 28x28 answer.
-    factor = min(image.width // (2 * width), image.height // (2 * height))
+    factor = _reduce_factor(image.width, image.height, tuple(spec["resize"]))
     if factor >= 2 and image.mode in _REDUCIBLE:
         image = image.reduce(factor)
     return _finish(_to_mode(image, spec["color"]), spec)
+
+
+def _reduce_factor(width: int, height: int, target: tuple[int, int]) -> int:
+    """By how much to_input shrinks an image of this size first (at least 2 to shrink)."""
+    return min(width // (2 * target[0]), height // (2 * target[1]))
 
 
 def _finish(pixels: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
@@ -202,7 +206,7 @@ def simple_png(
         return None  # Pillow's own luma rounding
     if any(tag in data for tag in _PILLOW_CHUNKS):
         return None  # transparency, or metadata Pillow reads an EXIF orientation from
-    if min(width // (2 * target[0]), height // (2 * target[1])) >= 2:
+    if _reduce_factor(width, height, target) >= 2:
         return None  # to_input reduces it first
     try:
         pixels = pyspng.load(data)
