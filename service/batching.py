@@ -4,6 +4,8 @@
 order up to the batch limit and sets aside those whose request already timed out or went away.
 `DynamicBatcher` runs it in a loop: it waits for a first image, then up to the queue delay for
 a fuller batch, and runs inference in a worker thread so the event loop keeps taking requests.
+A lone image that finds the batcher idle (nothing queued, computing or arriving with it) runs
+in its own request at once, as the batcher would have run it, minus two turns of the loop.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class DynamicBatcher:
         # event loop: the hop to the inference thread and back costs more than such a pass.
         self.inline_below_s = inline_below_s
         self._recent_s = float("inf")  # moving average of a batch's time, once there is one
+        self._computing = False  # a batch is in the inference thread
+        self._deciding = 0  # lone images looking whether they are alone (see submit)
         self.queue: deque[Pending] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -102,6 +106,18 @@ class DynamicBatcher:
                 "retry after a second",
                 {"Retry-After": "1"},
             )
+        if len(images) == 1 and self._may_run_alone():
+            # Requests that came in together have all been started before this one resumes
+            # from one turn of the loop: if none of them queued or is deciding too, this image
+            # is alone and runs now, as the batcher would run it (on the loop), but without the
+            # batcher's two turns of the loop. Otherwise it queues and they batch.
+            self._deciding += 1
+            try:
+                await asyncio.sleep(0)
+            finally:
+                self._deciding -= 1
+            if self._deciding == 0 and self._may_run_alone():
+                return [self._run_alone(images[0])]
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout_s
         items = [Pending(img, loop.create_future(), deadline) for img in images]
@@ -132,6 +148,24 @@ class DynamicBatcher:
             timer.cancel()
             for item in items:  # the collector skips what nobody waits for any more
                 item.future.cancel()
+
+    def _may_run_alone(self) -> bool:
+        """Nothing queued or computing, no queue delay asked for, and a model fast enough for
+        a lone image to run on the loop (see _answer)."""
+        return (
+            not self.queue
+            and not self._computing
+            and self.max_delay_s == 0
+            and self._recent_s < self.inline_below_s
+            and not self._closing
+        )
+
+    def _run_alone(self, image: np.ndarray) -> Any:
+        self.observer.on_queue_wait(0.0)
+        started = time.perf_counter()
+        row = self.infer(image[None])[0]  # an image that breaks the model fails its caller only
+        self._record(1, time.perf_counter() - started)
+        return row
 
     async def _next_batch(self) -> list[Pending]:
         while not self.queue:
@@ -179,28 +213,35 @@ class DynamicBatcher:
             if len(batch) == 1 and self._recent_s < self.inline_below_s:
                 results = self.infer(images)
             else:
-                results = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self.infer, images
-                )
+                self._computing = True
+                try:
+                    results = await asyncio.get_running_loop().run_in_executor(
+                        self.executor, self.infer, images
+                    )
+                finally:
+                    self._computing = False
         except Exception:  # isolate the image that broke the batch
             await self._one_by_one(batch)
             return
-        seconds = time.perf_counter() - started
+        self._record(len(batch), time.perf_counter() - started)
+        for item, row in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(row)
+
+    def _record(self, size: int, seconds: float) -> None:
         # (per image, so that big batches do not keep lone ones off the loop)
-        per_image = seconds / len(batch)
+        per_image = seconds / size
         self._recent_s = (
             per_image
             if self._recent_s == float("inf")
             else (0.9 * self._recent_s + 0.1 * per_image)
         )
-        self.observer.on_batch(len(batch), seconds)
-        for item, row in zip(batch, results, strict=True):
-            if not item.future.done():
-                item.future.set_result(row)
+        self.observer.on_batch(size, seconds)
 
     async def _one_by_one(self, batch: list[Pending]) -> None:
         loop = asyncio.get_running_loop()
         for item in batch:
+            self._computing = True
             try:
                 row = (await loop.run_in_executor(self.executor, self.infer, item.image[None]))[0]
             except Exception as exc:
@@ -209,6 +250,8 @@ class DynamicBatcher:
             else:
                 if not item.future.done():
                     item.future.set_result(row)
+            finally:
+                self._computing = False
 
     async def close(self) -> None:
         """Stop taking images, answer every queued one, then end."""

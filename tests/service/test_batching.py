@@ -307,3 +307,94 @@ def test_lone_images_of_fast_models_run_on_the_event_loop(
     assert model.threads[0] != loop_thread
     later = {"loop" if t == loop_thread else "pool" for t in model.threads[1:]}
     assert later == {expected}
+
+
+class LoopWatcher(SumModel):
+    """Records, for each batch, whether the batcher's own task was the one that ran it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_batcher: list[bool] = []
+        self.batcher: DynamicBatcher | None = None
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # the inference thread has no loop
+            task = None
+        self.by_batcher.append(task is not None and task is getattr(self.batcher, "_task", None))
+        return super().__call__(images)
+
+
+def warmed(
+    model: LoopWatcher, executor: ThreadPoolExecutor, delay_s: float = 0.0
+) -> DynamicBatcher:
+    batcher = DynamicBatcher(model, executor, 8, delay_s, 100, inline_below_s=1.0)
+    model.batcher = batcher
+    return batcher
+
+
+def test_a_lone_image_on_an_idle_batcher_runs_in_its_own_request() -> None:
+    """Nothing queued, nothing computing: the image runs in the request's own task, not two
+    turns of the loop later in the batcher's, with the same answer and metrics."""
+    model = LoopWatcher()
+    sizes: list[int] = []
+
+    async def main(executor: ThreadPoolExecutor) -> None:
+        batcher = warmed(model, executor)
+        batcher.observer = BatchObserver(on_batch=lambda size, seconds: sizes.append(size))
+        await batcher.submit([image(9)], 5.0)  # the first batch times the model
+        for i in range(3):
+            rows = await batcher.submit([image(i)], 5.0)
+            np.testing.assert_allclose(rows[0], [4 * i, -4 * i])
+        await batcher.close()
+
+    run(main)
+    assert model.by_batcher[1:] == [False, False, False]
+    assert sizes == [1, 1, 1, 1]
+
+
+def test_images_that_arrive_together_still_batch() -> None:
+    """Requests started in the same turn of the loop all see each other deciding: none runs
+    alone, they leave as one batch."""
+    model = LoopWatcher()
+
+    async def main(executor: ThreadPoolExecutor) -> None:
+        batcher = warmed(model, executor)
+        await batcher.submit([image(9)], 5.0)
+        results = await asyncio.gather(*(batcher.submit([image(i)], 5.0) for i in range(6)))
+        for i, rows in enumerate(results):
+            np.testing.assert_allclose(rows[0], [4 * i, -4 * i])
+        await batcher.close()
+
+    run(main)
+    assert [len(b) for b in model.batches[1:]] == [6]
+
+
+def test_a_lone_image_that_breaks_the_model_fails_only_its_request() -> None:
+    model = LoopWatcher()
+
+    async def main(executor: ThreadPoolExecutor) -> None:
+        batcher = warmed(model, executor)
+        await batcher.submit([image(9)], 5.0)
+        with pytest.raises(ValueError, match="NaN"):
+            await batcher.submit([image(float("nan"))], 5.0)
+        rows = await batcher.submit([image(2)], 5.0)
+        np.testing.assert_allclose(rows[0], [8, -8])
+        await batcher.close()
+
+    run(main)
+
+
+def test_a_queue_delay_keeps_lone_images_in_the_batcher() -> None:
+    """MIMO_MAX_QUEUE_DELAY_MS > 0 asks for fuller batches: a lone image waits for company."""
+    model = LoopWatcher()
+
+    async def main(executor: ThreadPoolExecutor) -> None:
+        batcher = warmed(model, executor, delay_s=0.005)
+        for i in range(3):
+            await batcher.submit([image(i)], 5.0)
+        await batcher.close()
+
+    run(main)
+    assert model.by_batcher[1:] == [True, True]
