@@ -59,7 +59,7 @@ class BatchObserver:
     """Hooks for metrics; the batcher itself knows nothing of Prometheus."""
 
     on_batch: Callable[[int, float], None] = lambda size, seconds: None
-    on_queue_wait: Callable[[float], None] = lambda seconds: None
+    on_queue_waits: Callable[[list[float]], None] = lambda seconds: None  # a batch's images
     on_queue_depth: Callable[[int], None] = lambda depth: None
 
 
@@ -161,7 +161,7 @@ class DynamicBatcher:
         )
 
     def _run_alone(self, image: np.ndarray) -> Any:
-        self.observer.on_queue_wait(0.0)
+        self.observer.on_queue_waits([0.0])
         started = time.perf_counter()
         row = self.infer(image[None])[0]  # an image that breaks the model fails its caller only
         self._record(1, time.perf_counter() - started)
@@ -188,8 +188,7 @@ class DynamicBatcher:
         for item in dropped:
             if not item.future.done():
                 item.future.set_exception(Timeout("timed out in the queue"))
-        for item in batch:
-            self.observer.on_queue_wait(now - item.enqueued)
+        self.observer.on_queue_waits([now - item.enqueued for item in batch])
         return batch
 
     async def _run(self) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -116,6 +117,24 @@ def child(metric: _Metric, *labels: str) -> _Metric:
     ~2 us, and the hot path asks for the same few series on every request. Safe because no
     series is ever removed, and the label values are few (low cardinality)."""
     return metric.labels(*labels)
+
+
+def observe_many(histogram: Histogram, values: np.ndarray | list[float]) -> None:
+    """`histogram.observe(v)` for every v (a labelled child), as one increment of the sum and
+    one per bucket that gets any: a batch of 8 images' uncertainty is ~4 increments instead of
+    16, each ~2 us (a lock, a file write in multiprocess mode). It reaches into the child's
+    bucket values (prometheus-client's own layout); tests/service/test_metrics.py checks the
+    exposition against observe()'s."""
+    histogram._raise_if_not_observable()
+    observed = np.asarray(values, dtype=np.float64).ravel()
+    if not len(observed):
+        return
+    bounds = histogram._upper_bounds
+    # observe() counts v in the first bucket whose bound is >= v (a NaN in none, as here)
+    counts = np.bincount(np.searchsorted(bounds, observed, side="left"), minlength=len(bounds) + 1)
+    histogram._sum.inc(float(observed.sum()))
+    for i in np.flatnonzero(counts[: len(bounds)]).tolist():
+        histogram._buckets[i].inc(int(counts[i]))
 
 
 LIVE_GAUGE_FILE = re.compile(r"^gauge_live(?:sum|all)_(\d+)\.db$")

@@ -70,6 +70,7 @@ class BatcherPool:
 
     def observer_for(self, model: ServedModel) -> BatchObserver:
         batch_size = metrics.BATCH_SIZE.labels(*model.labels)
+        queue_duration = metrics.QUEUE_DURATION.labels(*model.labels)
         depth = metrics.QUEUE_DEPTH.labels(*model.labels)
 
         def on_queue_depth(_: int) -> None:  # the model's queues together, both modes
@@ -77,7 +78,7 @@ class BatcherPool:
 
         return BatchObserver(
             on_batch=lambda size, seconds: batch_size.observe(size),
-            on_queue_wait=metrics.QUEUE_DURATION.labels(*model.labels).observe,
+            on_queue_waits=lambda waits: metrics.observe_many(queue_duration, waits),
             on_queue_depth=on_queue_depth,
         )
 

@@ -116,18 +116,9 @@ def observe(
     u: EnsembleUncertainty, flags: np.ndarray, names: tuple[str, ...], labels: tuple[str, str]
 ) -> None:
     """Record the batch's uncertainty distributions and predicted classes."""
-    mi = metrics.child(metrics.MUTUAL_INFORMATION, *labels)
-    entropy = metrics.child(metrics.PREDICTIVE_ENTROPY, *labels)
-    disagreement = metrics.child(metrics.DISAGREEMENT, *labels)
-    for m, h, d in zip(
-        u.mutual_information.tolist(),
-        u.predictive_entropy.tolist(),
-        u.disagreement.tolist(),
-        strict=True,
-    ):
-        mi.observe(m)
-        entropy.observe(h)
-        disagreement.observe(d)
+    metrics.observe_many(metrics.child(metrics.MUTUAL_INFORMATION, *labels), u.mutual_information)
+    metrics.observe_many(metrics.child(metrics.PREDICTIVE_ENTROPY, *labels), u.predictive_entropy)
+    metrics.observe_many(metrics.child(metrics.DISAGREEMENT, *labels), u.disagreement)
     count_predictions(u.probabilities, names, labels)
     # Touched even when 0: the uncertain share (alerts, dashboard) needs the series to exist.
     metrics.child(metrics.UNCERTAIN, *labels).inc(int(flags.sum()))
