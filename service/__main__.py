@@ -15,6 +15,7 @@ from uvicorn.supervisors import Multiprocess
 
 from service import listen
 from service.cores import create_board
+from service.protocol import OneWriteProtocol
 from service.settings import LOG_FORMAT, Settings
 
 
@@ -69,6 +70,7 @@ def main() -> None:
         log_level=settings.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
+        http=OneWriteProtocol,
     )
     if sock is None:
         uvicorn.run("service.main:create_app", **options)
