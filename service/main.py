@@ -17,7 +17,7 @@ from service.api import health, models, predict, ui, v2
 from service.api.openapi import without_422
 from service.errors import ServiceError
 from service.fastpath import Service, fast_predict
-from service.middleware import BodyLimit, HttpMetrics
+from service.middleware import Guard
 from service.oip_grpc import server as oip_grpc
 from service.pool import BatcherPool
 from service.registry import ModelRegistry
@@ -92,10 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     without_422(app)  # request validation errors answer 400 (`invalid` above)
     limits = {"max_bytes": settings.max_body_bytes, "max_seconds": settings.request_timeout_s}
-    app.add_middleware(BodyLimit, **limits)
-    app.add_middleware(HttpMetrics)
-    # /predict's common request skips FastAPI's layers but not these (service/fastpath.py)
-    app.fast = HttpMetrics(BodyLimit(fast_predict, **limits))
+    app.add_middleware(Guard, **limits)
+    # /predict's common request skips FastAPI's layers but not this one (service/fastpath.py)
+    app.fast = Guard(fast_predict, **limits)
     if settings.cors_origins:  # outermost: a preflight is answered before any other work
         cors = {
             "allow_origins": settings.cors_origins,

@@ -36,11 +36,15 @@ async def send_error(
     await send_json(send, status, json.dumps({"error": message}).encode(), headers)
 
 
-class BodyLimit:
-    """413 for a body over the limit, announced (Content-Length) or streamed (chunked); 408
-    for a body still arriving `max_seconds` after the request (a slow or stalled client, who
-    would otherwise hold a connection and its buffers for as long as it likes); a client that
-    leaves before its body is all sent is no server error (ClientGone, counted as 499)."""
+class Guard:
+    """The per-request HTTP metrics and the body limits, in one layer (each layer is a
+    coroutine and a wrapped `send` per request).
+
+    Body limits: 413 for a body over the limit, announced (Content-Length) or streamed
+    (chunked); 408 for a body still arriving `max_seconds` after the request (a slow or stalled
+    client, who would otherwise hold a connection and its buffers for as long as it likes); a
+    client that leaves before its body is all sent is no server error (ClientGone, counted as
+    499). Metrics: requests in flight, and each request's endpoint, status and duration."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, max_seconds: float | None = None) -> None:
         self.app = app
@@ -57,16 +61,13 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await send_error(send, 413, self._message(int(declared)))
-            return
+        started = time.perf_counter()
+        status = 0  # of the answer, once it starts
         seen = 0
-        started = False
         complete = False  # the whole body has arrived
         deadline = None if self.max_seconds is None else time.monotonic() + self.max_seconds
 
-        async def counting_receive() -> Message:
+        async def guarded_receive() -> Message:
             nonlocal seen, complete
             if complete or deadline is None:
                 message = await receive()
@@ -85,24 +86,40 @@ class BodyLimit:
                 raise ClientGone
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+        async def guarded_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
             await send(message)
 
+        metrics.IN_FLIGHT.inc()
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await send_error(send, 413, self._message(f"more than {self.max_bytes}"))
-        except _TooSlow:
-            if not started:
-                message = (
-                    f"request body not complete {self.max_seconds:g} s after the request "
-                    f"(MIMO_REQUEST_TIMEOUT_S; {seen} bytes came): send the body at once"
-                )
-                # The rest of the body is never read: the connection ends with the answer.
-                await send_error(send, 408, message, [(b"connection", b"close")])
+            declared = dict(scope["headers"]).get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+                await send_error(guarded_send, 413, self._message(int(declared)))
+                return
+            try:
+                await self.app(scope, guarded_receive, guarded_send)
+            except _TooLarge:
+                if not status:
+                    await send_error(
+                        guarded_send, 413, self._message(f"more than {self.max_bytes}")
+                    )
+            except _TooSlow:
+                if not status:
+                    message = (
+                        f"request body not complete {self.max_seconds:g} s after the request "
+                        f"(MIMO_REQUEST_TIMEOUT_S; {seen} bytes came): send the body at once"
+                    )
+                    # The rest of the body is never read: the connection ends with the answer.
+                    await send_error(guarded_send, 408, message, [(b"connection", b"close")])
+        except ClientDisconnect:
+            status = ClientGone.status_code  # no answer can reach it; not a server error
+        finally:
+            metrics.IN_FLIGHT.dec()
+            endpoint = endpoint_of(scope["path"])
+            metrics.child(metrics.REQUESTS, endpoint, str(status or 500)).inc()
+            metrics.child(metrics.REQUEST_DURATION, endpoint).observe(time.perf_counter() - started)
 
 
 class BodyLimitError(Exception):
@@ -134,32 +151,3 @@ def endpoint_of(path: str) -> str:
         if path == prefix or path.startswith(prefix + "/"):
             return prefix
     return "other"
-
-
-class HttpMetrics:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        endpoint = endpoint_of(scope["path"])
-        status = 500
-        started = time.perf_counter()
-
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        metrics.IN_FLIGHT.inc()
-        try:
-            await self.app(scope, receive, capture)
-        except ClientDisconnect:
-            status = ClientGone.status_code  # no answer can reach it; not a server error
-        finally:
-            metrics.IN_FLIGHT.dec()
-            metrics.child(metrics.REQUESTS, endpoint, str(status)).inc()
-            metrics.child(metrics.REQUEST_DURATION, endpoint).observe(time.perf_counter() - started)
