@@ -5,10 +5,16 @@ trivial FastAPI endpoint, and ONNX Runtime alone with no HTTP.
 Starts each server itself on a free loopback port, one at a time, loads it with `hey`
 (Debian package `hey`) at each concurrency for `--seconds`, stops it; the whole round is
 repeated `--repeats` times (interleaved, so that drift of a shared machine hits every server
-alike) and the table gives medians and the ratio to the plain app and the trivial endpoint.
+alike) and the table gives medians and the ratio to the plain app and the trivial endpoint
+(the median of each repeat's own ratio, and their range). With `--side-by-side` every server
+is up at once and they take turns every `--seconds`: on a machine whose speed drifts within
+minutes, this is the finer interleaving (an A-vs-A run of the service against itself gives
+1.00, quartiles 0.97-1.04, at 2-second turns).
 
     python benchmarks/bench_serving.py                             # the default model
     python benchmarks/bench_serving.py --servers mimo plain trivial --concurrency 1 32
+    python benchmarks/bench_serving.py --side-by-side --seconds 2 --repeats 15 \
+        --tree /tmp/before --servers mimo@before mimo plain trivial
     python benchmarks/bench_serving.py --model models/cifar/1/model.onnx --image cat.png
 """
 
@@ -29,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,9 +251,9 @@ def hey(
     }
 
 
-def measure_server(
-    server: Server, port: int, image: bytes, image_path: Path, args: argparse.Namespace
-) -> dict[int, dict[str, Any]]:
+@contextlib.contextmanager
+def serving(server: Server, port: int, image: bytes) -> Iterator[tuple[str, int]]:
+    """The server started and answering (its URL and session id), stopped afterwards."""
     url = f"http://127.0.0.1:{port}{server.path}"
     with tempfile.TemporaryFile() as log:
         # A session of its own: stopping it stops its workers too (LitServe's, uvicorn's).
@@ -260,14 +267,45 @@ def measure_server(
         )
         try:
             wait_ready(url, image, process, 120)
-            hey(url, image_path, max(args.concurrency), 1.0)  # warm-up, not counted
-            return {c: hey(url, image_path, c, args.seconds, process.pid) for c in args.concurrency}
+            yield url, process.pid
         except Exception:
             log.seek(0)
             sys.stderr.write(log.read().decode(errors="replace")[-3000:])
             raise
         finally:
             stop(process)
+
+
+def measure_server(
+    server: Server, port: int, image: bytes, image_path: Path, args: argparse.Namespace
+) -> dict[int, dict[str, Any]]:
+    with serving(server, port, image) as (url, session):
+        hey(url, image_path, max(args.concurrency), 1.0)  # warm-up, not counted
+        return {c: hey(url, image_path, c, args.seconds, session) for c in args.concurrency}
+
+
+def side_by_side(
+    names: list[str], image: bytes, args: argparse.Namespace
+) -> Iterator[dict[tuple[str, int], dict[str, Any]]]:
+    """Every server up at once, each on its port; per repeat, one hey run per (concurrency,
+    server), the servers' order turning from one repeat to the next: runs seconds apart, so
+    the drift of a shared machine hits every server alike (the idle ones wait)."""
+    with contextlib.ExitStack() as stack:
+        up = {}
+        for name in names:
+            port = free_port()
+            server = servers(args.model, port, args.threads, args.tree)[name]
+            up[name] = stack.enter_context(serving(server, port, image))
+        for url, _ in up.values():
+            hey(url, args.image, max(args.concurrency), 1.0)  # warm-up, not counted
+        for repeat in range(args.repeats):
+            order = names[repeat % len(names) :] + names[: repeat % len(names)]
+            print(f"[{repeat + 1}/{args.repeats}] side by side: {' '.join(order)}", file=sys.stderr)
+            yield {
+                (name, c): hey(up[name][0], args.image, c, args.seconds, up[name][1])
+                for c in args.concurrency
+                for name in order
+            }
 
 
 def raw_ort(model: Path, image: np.ndarray, threads: int, seconds: float) -> dict[str, float]:
@@ -318,6 +356,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="other checkouts of this repository to serve too, as server mimo@<folder name> "
         "(name it in --servers)",
     )
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="start every server at once and take turns every --seconds (finer interleaving "
+        "than one server after the other; the ratios are medians of each repeat's own)",
+    )
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if shutil.which("hey") is None:
@@ -343,16 +387,26 @@ def main(argv: list[str] | None = None) -> None:
     tensor = tensor[None] if tensor.ndim == 2 else tensor.transpose(2, 0, 1)
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     raw: list[dict[str, float]] = []
-    for repeat in range(args.repeats):
+
+    def ort_alone() -> None:
+        raw.append(raw_ort(args.model, tensor, os.cpu_count() or 1, args.seconds / 2))
+        one = raw_ort(args.model, tensor, 1, args.seconds / 2)
+        raw[-1]["one_thread_images_per_s_batch32"] = one["images_per_s_batch32"]
+
+    if args.side_by_side:
+        for results in side_by_side(args.servers, image, args):
+            for key, result in results.items():
+                runs.setdefault(key, []).append(result)
+        for _ in range(args.repeats):
+            ort_alone()
+    for repeat in range(0 if args.side_by_side else args.repeats):
         for name in args.servers:
             port = free_port()
             server = servers(args.model, port, args.threads, args.tree)[name]
             print(f"[{repeat + 1}/{args.repeats}] {name}", file=sys.stderr)
             for c, result in measure_server(server, port, image, args.image, args).items():
                 runs.setdefault((name, c), []).append(result)
-        raw.append(raw_ort(args.model, tensor, os.cpu_count() or 1, args.seconds / 2))
-        one = raw_ort(args.model, tensor, 1, args.seconds / 2)
-        raw[-1]["one_thread_images_per_s_batch32"] = one["images_per_s_batch32"]
+        ort_alone()
     rows = []
     for (name, c), results in runs.items():
         rows.append(
@@ -372,11 +426,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     for row in rows:
         for ref in ("plain", "trivial"):
-            other = next(
-                (r for r in rows if r["server"] == ref and r["concurrency"] == row["concurrency"]),
-                None,
-            )
-            row[f"vs_{ref}"] = row["req_per_s"] / other["req_per_s"] if other else None
+            other = runs.get((ref, row["concurrency"]), [])
+            mine = runs[row["server"], row["concurrency"]]
+            # each repeat's own ratio: both measured minutes (or, side by side, seconds) apart
+            ratios = [a["req_per_s"] / b["req_per_s"] for a, b in zip(mine, other, strict=False)]
+            row[f"vs_{ref}"] = statistics.median(ratios) if ratios else None
+            row[f"vs_{ref}_range"] = (min(ratios), max(ratios)) if ratios else None
     raw_median = {k: statistics.median(r[k] for r in raw) for k in raw[0]}
     catalogue = servers(args.model, 0, args.threads, args.tree)
     what = {name: catalogue[name].what for name in args.servers}
@@ -384,18 +439,21 @@ def main(argv: list[str] | None = None) -> None:
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; model "
         f"{args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model}; "
         f"hey -z {args.seconds}s, medians of {args.repeats}"
+        + (", side by side" if args.side_by_side else "")
     )
     print(
-        "| server | clients | req/s | x plain | x trivial | p50 ms | p99 ms | non-200 "
-        "| server CPU ms/req | hey CPU ms/req |"
+        "| server | clients | req/s | x plain | x plain, each repeat | x trivial | p50 ms "
+        "| p99 ms | non-200 | server CPU ms/req | hey CPU ms/req |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in sorted(rows, key=lambda r: (r["concurrency"], args.servers.index(r["server"]))):
         fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+        spread = r["vs_plain_range"]
+        spread = "" if spread is None else f"{spread[0]:.2f}-{spread[1]:.2f}"
         print(
             f"| {r['server']} | {r['concurrency']} | {r['req_per_s']:.0f} | {fmt(r['vs_plain'])} | "
-            f"{fmt(r['vs_trivial'])} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_200']} "
-            f"| {r['server_cpu_ms']:.3f} | {r['hey_cpu_ms']:.3f} |"
+            f"{spread} | {fmt(r['vs_trivial'])} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+            f"| {r['non_200']} | {r['server_cpu_ms']:.3f} | {r['hey_cpu_ms']:.3f} |"
         )
     print(
         f"\nONNX Runtime alone, no HTTP ({os.cpu_count()} threads): "

@@ -14,7 +14,8 @@ from support import ROOT
 
 
 @pytest.mark.skipif(shutil.which("hey") is None, reason="needs hey (Debian package hey)")
-def test_runs_on_a_tiny_setting(model_repository: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [[], ["--side-by-side"]], ids=["in-turn", "side-by-side"])
+def test_runs_on_a_tiny_setting(model_repository: Path, tmp_path: Path, mode: list[str]) -> None:
     out = tmp_path / "serving.json"
     done = subprocess.run(
         [
@@ -27,9 +28,10 @@ def test_runs_on_a_tiny_setting(model_repository: Path, tmp_path: Path) -> None:
             "--concurrency",
             "2",
             "--seconds=0.5",
-            "--repeats=1",
+            "--repeats=2",
             "--threads=1",
             f"--out={out}",
+            *mode,
         ],
         capture_output=True,
         text=True,
@@ -41,3 +43,6 @@ def test_runs_on_a_tiny_setting(model_repository: Path, tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert {r["server"] for r in rows} == {"mimo", "trivial"}
     assert all(r["non_200"] == 0 and r["req_per_s"] > 0 for r in rows)
+    mimo = next(r for r in rows if r["server"] == "mimo")
+    low, high = mimo["vs_trivial_range"]
+    assert mimo["runs"] == 2 and low <= mimo["vs_trivial"] <= high
