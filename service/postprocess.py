@@ -136,6 +136,11 @@ def score_packed(
 
 def count_predictions(p: np.ndarray, names: tuple[str, ...], labels: tuple[str, str]) -> None:
     """mimo_predictions_total by predicted class, one increment per class of the batch."""
-    counts = np.bincount(p.argmax(axis=1), minlength=len(names))
+    top = p.argmax(axis=1)
+    if len(top) < 6:  # (bincount and its scan cost more than a few increments)
+        for index in top.tolist():
+            metrics.child(metrics.PREDICTIONS, *labels, names[index]).inc()
+        return
+    counts = np.bincount(top, minlength=len(names))
     for index in np.flatnonzero(counts).tolist():
         metrics.child(metrics.PREDICTIONS, *labels, names[index]).inc(int(counts[index]))

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from service.metrics import forget_dead_workers, observe_many
+from service.postprocess import count_predictions
 
 BOUNDS = (0.0, 0.1, 0.5, 1.0)
 # on a bound, between, below the first, beyond the last, infinity, repeats
@@ -39,7 +40,7 @@ def renamed(found: dict[tuple[str, str], float], name: str) -> dict[tuple[str, s
     return {(k[0].replace(name, "h"), k[1]): v for k, v in found.items() if k[0].startswith(name)}
 
 
-@pytest.mark.parametrize("values", [VALUES, [], [0.3], np.array(VALUES, np.float32)])
+@pytest.mark.parametrize("values", [VALUES, VALUES[:5], [], [0.3], np.array(VALUES, np.float32)])
 def test_observe_many_counts_what_observe_would(values: list[float]) -> None:
     registry = CollectorRegistry()
     one, many = histograms(registry)
@@ -106,3 +107,17 @@ def test_dead_workers_live_gauges_are_dropped_and_the_rest_kept(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"gauge_livesum_{mine}.db", f"counter_{dead.pid}.db", f"gauge_max_{dead.pid}.db"]
     )
+
+
+@pytest.mark.parametrize("tops", [[2], [0, 2, 2], [1, 0, 2, 2, 2, 1, 0, 2]], ids=len)
+def test_predictions_are_counted_by_class(tops: list[int]) -> None:
+    """A few images are counted one by one, a batch by class: the same totals."""
+    names, labels = ("zero", "one", "two"), (f"count-{len(tops)}", "1")
+    p = np.eye(3)[tops] * 0.8 + 0.1  # image i's top class is tops[i]
+    count_predictions(p, names, labels)
+    count_predictions(p, names, labels)
+    for index, name in enumerate(names):
+        got = REGISTRY.get_sample_value(
+            "mimo_predictions_total", {"model": labels[0], "version": "1", "label": name}
+        )
+        assert (got or 0) == 2 * tops.count(index)
