@@ -98,14 +98,6 @@ class DynamicBatcher:
         """
         if timeout_s <= 0:
             raise Timeout(_TIMEOUT)
-        if self._closing:
-            raise Unavailable("the model is being unloaded; retry", {"Retry-After": "1"})
-        if len(self.queue) + len(images) > self.max_queue:
-            raise TooManyRequests(
-                f"queue full ({len(self.queue)} images waiting, limit {self.max_queue}); "
-                "retry after a second",
-                {"Retry-After": "1"},
-            )
         if len(images) == 1 and self._may_run_alone():
             # Requests that came in together have all been started before this one resumes
             # from one turn of the loop: if none of them queued or is deciding too, this image
@@ -118,6 +110,15 @@ class DynamicBatcher:
                 self._deciding -= 1
             if self._deciding == 0 and self._may_run_alone():
                 return [self._run_alone(images[0])]
+        # (after the turn of the loop: others may have queued or the model be unloading since)
+        if self._closing:
+            raise Unavailable("the model is being unloaded; retry", {"Retry-After": "1"})
+        if len(self.queue) + len(images) > self.max_queue:
+            raise TooManyRequests(
+                f"queue full ({len(self.queue)} images waiting, limit {self.max_queue}); "
+                "retry after a second",
+                {"Retry-After": "1"},
+            )
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout_s
         items = [Pending(img, loop.create_future(), deadline) for img in images]
@@ -163,7 +164,9 @@ class DynamicBatcher:
     def _run_alone(self, image: np.ndarray) -> Any:
         self.observer.on_queue_waits([0.0])
         started = time.perf_counter()
-        row = self.infer(image[None])[0]  # an image that breaks the model fails its caller only
+        # An image that breaks the model fails its own caller, at once (no second try in the
+        # inference thread, as _answer's isolation of a batch's culprit does: same outcome).
+        row = self.infer(image[None])[0]
         self._record(1, time.perf_counter() - started)
         return row
 

@@ -127,17 +127,20 @@ def observe_many(histogram: Histogram, values: np.ndarray | list[float]) -> None
     (prometheus-client's own layout); tests/service/test_metrics.py checks the exposition
     against observe()'s."""
     observed = np.asarray(values, dtype=np.float64).ravel()
-    if len(observed) < 6:
+    parts = (getattr(histogram, name, None) for name in ("_upper_bounds", "_buckets", "_sum"))
+    bounds, buckets, total = parts
+    if len(observed) < 6 or bounds is None or buckets is None or total is None:
+        # (a prometheus-client whose layout differs gets the public path, never an error:
+        # the batcher's loop calls this)
         for value in observed.tolist():
             histogram.observe(value)
         return
     histogram._raise_if_not_observable()
-    bounds = histogram._upper_bounds
     # observe() counts v in the first bucket whose bound is >= v (a NaN in none, as here)
     counts = np.bincount(np.searchsorted(bounds, observed, side="left"), minlength=len(bounds) + 1)
-    histogram._sum.inc(float(observed.sum()))
+    total.inc(float(observed.sum()))
     for i in np.flatnonzero(counts[: len(bounds)]).tolist():
-        histogram._buckets[i].inc(int(counts[i]))
+        buckets[i].inc(int(counts[i]))
 
 
 LIVE_GAUGE_FILE = re.compile(r"^gauge_live(?:sum|all)_(\d+)\.db$")

@@ -15,30 +15,48 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+# Held bytes past this leave at once: a body streamed without a pause between its chunks
+# still meets the transport's flow control.
+FLUSH_BYTES = 64 * 1024
+
 
 class HeldWrites:
     """A connection's transport whose `write`s wait for `flush`, at the latest one turn of the
-    loop; every other attribute is the transport's."""
+    loop (or FLUSH_BYTES); every other attribute is the transport's."""
 
-    __slots__ = ("_held", "_loop", "_transport")
+    __slots__ = ("_held", "_loop", "_size", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._held: list[bytes] | None = None
+        self._size = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if type(data) is not bytes:  # a buffer the sender may reuse once send() returns
+            data = bytes(data)
         if self._held is None:
-            self._held = [data]
+            self._held, self._size = [data], len(data)
             self._loop.call_soon(self.flush)
         else:
             self._held.append(data)
+            self._size += len(data)
+        if self._size > FLUSH_BYTES:
+            self.flush()
+
+    def writelines(self, lines: list[bytes]) -> None:
+        for data in lines:
+            self.write(data)
 
     def flush(self) -> None:
         held, self._held = self._held, None
         # (a transport that is closing refuses writes; the client has gone)
         if held and not self._transport.is_closing():
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
 
     def close(self) -> None:
         self.flush()

@@ -398,3 +398,42 @@ def test_a_queue_delay_keeps_lone_images_in_the_batcher() -> None:
 
     run(main)
     assert model.by_batcher[1:] == [True, True]
+
+
+def test_a_request_cancelled_while_deciding_leaves_no_trace() -> None:
+    model = LoopWatcher()
+
+    async def main(executor: ThreadPoolExecutor) -> None:
+        batcher = warmed(model, executor)
+        await batcher.submit([image(9)], 5.0)
+        gone = asyncio.ensure_future(batcher.submit([image(1)], 5.0))
+        await asyncio.sleep(0)  # it is deciding
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert batcher._deciding == 0 and not batcher.queue
+        rows = await batcher.submit([image(2)], 5.0)  # alone again
+        np.testing.assert_allclose(rows[0], [8, -8])
+        await batcher.close()
+
+    run(main)
+    assert model.by_batcher[1:] == [False]  # the cancelled image never ran
+
+
+def test_the_queue_limit_holds_for_images_that_decided_together() -> None:
+    """Four lone images arrive together on an idle batcher whose queue holds two: after their
+    turn of the loop two queue and two are refused (429), as without the direct path."""
+    model = LoopWatcher()
+
+    async def main(executor: ThreadPoolExecutor) -> list[object]:
+        batcher = DynamicBatcher(model, executor, 8, 0.0, 2, inline_below_s=1.0)
+        model.batcher = batcher
+        await batcher.submit([image(9)], 5.0)
+        out = await asyncio.gather(
+            *(batcher.submit([image(i)], 5.0) for i in range(4)), return_exceptions=True
+        )
+        await batcher.close()
+        return out
+
+    out = run(main)
+    assert [type(o).__name__ for o in out] == ["list", "list", "TooManyRequests", "TooManyRequests"]

@@ -97,6 +97,29 @@ def test_close_sends_what_is_held_first_and_late_flushes_are_harmless() -> None:
     asyncio.run(main())
 
 
+def test_writelines_big_writes_and_reused_buffers() -> None:
+    """writelines is held like write; past FLUSH_BYTES the held bytes leave at once; a
+    bytearray is copied when held (its sender may reuse it)."""
+    from service.protocol import FLUSH_BYTES
+
+    async def main() -> None:
+        held, counting, peer = await pair()
+        buffer = bytearray(b"abc")
+        held.writelines([b"1", b"2"])
+        held.write(buffer)
+        buffer[:] = b"xyz"
+        held.flush()
+        assert counting.writes == [b"12abc"]
+        big = b"x" * (FLUSH_BYTES + 1)
+        held.write(big)
+        assert counting.writes[-1] == big  # without waiting for the turn of the loop
+        assert received(peer, 5 + len(big)) == b"12abc" + big
+        held.close()
+        peer.close()
+
+    asyncio.run(main())
+
+
 # --- a real server ------------------------------------------------------------------------------
 
 
