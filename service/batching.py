@@ -98,6 +98,9 @@ class DynamicBatcher:
         """
         if timeout_s <= 0:
             raise Timeout(_TIMEOUT)
+        if self._closing:
+            raise Unavailable("the model is being unloaded; retry", {"Retry-After": "1"})
+        self._refuse_if_full(len(images))
         if len(images) == 1 and self._may_run_alone():
             # Requests that came in together have all been started before this one resumes
             # from one turn of the loop: if none of them queued or is deciding too, this image
@@ -110,15 +113,10 @@ class DynamicBatcher:
                 self._deciding -= 1
             if self._deciding == 0 and self._may_run_alone():
                 return [self._run_alone(images[0])]
-        # (after the turn of the loop: others may have queued or the model be unloading since)
-        if self._closing:
-            raise Unavailable("the model is being unloaded; retry", {"Retry-After": "1"})
-        if len(self.queue) + len(images) > self.max_queue:
-            raise TooManyRequests(
-                f"queue full ({len(self.queue)} images waiting, limit {self.max_queue}); "
-                "retry after a second",
-                {"Retry-After": "1"},
-            )
+            # Others may have queued meanwhile. An unloading begun meanwhile is no reason to
+            # refuse: close() answers what is queued, and its batcher's last turn comes after
+            # this one (the loop runs callbacks in order).
+            self._refuse_if_full(1)
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout_s
         items = [Pending(img, loop.create_future(), deadline) for img in images]
@@ -149,6 +147,14 @@ class DynamicBatcher:
             timer.cancel()
             for item in items:  # the collector skips what nobody waits for any more
                 item.future.cancel()
+
+    def _refuse_if_full(self, adding: int) -> None:
+        if len(self.queue) + adding > self.max_queue:
+            raise TooManyRequests(
+                f"queue full ({len(self.queue)} images waiting, limit {self.max_queue}); "
+                "retry after a second",
+                {"Retry-After": "1"},
+            )
 
     def _may_run_alone(self) -> bool:
         """Nothing queued or computing, no queue delay asked for, and a model fast enough for

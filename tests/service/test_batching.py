@@ -437,3 +437,21 @@ def test_the_queue_limit_holds_for_images_that_decided_together() -> None:
 
     out = run(main)
     assert [type(o).__name__ for o in out] == ["list", "list", "TooManyRequests", "TooManyRequests"]
+
+
+def test_an_unloading_begun_while_deciding_still_answers_the_image() -> None:
+    """A reload retires the old model's batcher while a request of it looks whether it is
+    alone: the image is queued and answered by close(), never refused (nothing in flight is
+    lost across a reload)."""
+    model = LoopWatcher()
+
+    async def main(executor: ThreadPoolExecutor) -> None:
+        batcher = warmed(model, executor)
+        await batcher.submit([image(9)], 5.0)
+        deciding = asyncio.ensure_future(batcher.submit([image(3)], 5.0))
+        await asyncio.sleep(0)  # it is deciding
+        assert batcher._deciding == 1
+        await batcher.close()
+        np.testing.assert_allclose((await deciding)[0], [12, -12])
+
+    run(main)
