@@ -48,8 +48,11 @@ def main() -> None:
             sys.exit(listen.STARTUP_FAILURE)
     if settings.workers > 1:
         # prometheus-client's multiprocess mode: every worker writes its samples into one
-        # folder, wiped at start so totals from an earlier run do not leak in.
-        folder = settings.metrics_dir or Path(tempfile.gettempdir()) / "mimo-prometheus"
+        # folder, wiped at start so totals from an earlier run do not leak in. One folder per
+        # port (one server per port, see listen.py): two servers on one host would otherwise
+        # wipe and add up each other's samples, and share a cores board.
+        port = sock.getsockname()[1] if sock is not None else settings.port
+        folder = settings.metrics_dir or Path(tempfile.gettempdir()) / f"mimo-prometheus-{port}"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)

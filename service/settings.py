@@ -71,7 +71,9 @@ class Settings(BaseSettings):
         "separated (`*` for any); none by default: no CORS headers at all",
     )
     metrics_dir: Path | None = Field(
-        None, description="prometheus multiprocess directory (set when workers > 1)"
+        None,
+        description="prometheus multiprocess directory when workers > 1 (default: "
+        "<temp>/mimo-prometheus-<port>, one per server), wiped at start",
     )
     cores_board: Path | None = Field(
         None, description="which workers compute now (set by `python -m service`; cores.py)"

@@ -303,3 +303,34 @@ def test_a_second_server_on_the_port_fails_loudly(
     port = int(two_workers.url.rsplit(":", 1)[1])
     env = service_env(model_repository, port, MIMO_WORKERS="2")
     assert f"cannot listen on 127.0.0.1:{port}" in failed_start(env, tmp_path / "second.log")
+
+
+def test_two_servers_on_one_host_keep_their_metrics_apart(
+    model_repository: Path, tmp_path: Path, digit_pngs: list[tuple[bytes, int]]
+) -> None:
+    """Two multi-worker servers on two ports, default metrics folders: each wipes and counts
+    only its own (one folder per port), neither the other's requests."""
+    started = []
+    try:
+        for name in ("a", "b"):
+            port = free_port()
+            env = service_env(model_repository, port, MIMO_WORKERS="2", TMPDIR=str(tmp_path))
+            process = Process(SERVICE, tmp_path / f"{name}.log", env=env, cwd=ROOT)
+            started.append((process, port))
+            wait_ready(process, port)
+        for (_, port), count in zip(started, (3, 1), strict=True):
+            for png, _ in digit_pngs[:count]:
+                answer = httpx.post(
+                    f"http://127.0.0.1:{port}/predict",
+                    content=png,
+                    headers={"content-type": "image/png"},
+                )
+                assert answer.status_code == 200, answer.text
+        for (_, port), count in zip(started, (3, 1), strict=True):
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            found = samples(text, "mimo_model_requests_total")
+            assert sum(v for labels, v in found if labels.get("status") == "200") == count
+            assert (tmp_path / f"mimo-prometheus-{port}").is_dir()
+    finally:
+        for process, _ in started:
+            process.stop()
