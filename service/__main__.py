@@ -36,6 +36,7 @@ def main() -> None:
     os.environ["MIMO_WORKERS"], os.environ["MIMO_THREADS"] = str(workers), str(threads)
     settings = Settings()
     sock = None
+    scratch: Path | None = None  # the default metrics folder, removed when the server ends
     if settings.workers > 1 and listen.SUPPORTED:
         # One listening socket per worker, not uvicorn's shared one (service/listen.py). Bound
         # first: a second server started by mistake stops here, before it wipes the metrics
@@ -53,6 +54,7 @@ def main() -> None:
         # wipe and add up each other's samples, and share a cores board.
         port = sock.getsockname()[1] if sock is not None else settings.port
         folder = settings.metrics_dir or Path(tempfile.gettempdir()) / f"mimo-prometheus-{port}"
+        scratch = None if settings.metrics_dir else folder
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
@@ -75,16 +77,20 @@ def main() -> None:
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         http=OneWriteProtocol,
     )
-    if sock is None:
-        uvicorn.run("service.main:create_app", **options)
-        return
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    logging.getLogger("uvicorn.error").info(
-        "Uvicorn running on http://%s:%d, one listening socket per worker (SO_REUSEPORT)",
-        host,
-        sock.getsockname()[1],
-    )
-    Multiprocess(uvicorn.Config("service.main:create_app", **options), sockets=[sock]).run()
+    try:
+        if sock is None:
+            uvicorn.run("service.main:create_app", **options)
+            return
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        logging.getLogger("uvicorn.error").info(
+            "Uvicorn running on http://%s:%d, one listening socket per worker (SO_REUSEPORT)",
+            host,
+            sock.getsockname()[1],
+        )
+        Multiprocess(uvicorn.Config("service.main:create_app", **options), sockets=[sock]).run()
+    finally:
+        if scratch is not None:  # (the workers have exited: their samples die with them)
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

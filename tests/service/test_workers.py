@@ -309,7 +309,8 @@ def test_two_servers_on_one_host_keep_their_metrics_apart(
     model_repository: Path, tmp_path: Path, digit_pngs: list[tuple[bytes, int]]
 ) -> None:
     """Two multi-worker servers on two ports, default metrics folders: each wipes and counts
-    only its own (one folder per port), neither the other's requests."""
+    only its own (one folder per port), neither the other's requests, and removes it at the
+    end."""
     started = []
     try:
         for name in ("a", "b"):
@@ -331,6 +332,10 @@ def test_two_servers_on_one_host_keep_their_metrics_apart(
             found = samples(text, "mimo_model_requests_total")
             assert sum(v for labels, v in found if labels.get("status") == "200") == count
             assert (tmp_path / f"mimo-prometheus-{port}").is_dir()
+        for process, port in started:  # a server that ends takes its folder with it
+            process.stop()
+            assert process.popen.returncode == 0, process.output()
+            assert not (tmp_path / f"mimo-prometheus-{port}").exists()
     finally:
         for process, _ in started:
             process.stop()
