@@ -127,8 +127,9 @@ def observe_many(histogram: Histogram, values: np.ndarray | list[float]) -> None
     (prometheus-client's own layout); tests/service/test_metrics.py checks the exposition
     against observe()'s."""
     observed = np.asarray(values, dtype=np.float64).ravel()
-    parts = (getattr(histogram, name, None) for name in ("_upper_bounds", "_buckets", "_sum"))
-    bounds, buckets, total = parts
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
     if len(observed) < 6 or bounds is None or buckets is None or total is None:
         # (a prometheus-client whose layout differs gets the public path, never an error:
         # the batcher's loop calls this)
