@@ -168,12 +168,12 @@ class DynamicBatcher:
         )
 
     def _run_alone(self, image: np.ndarray) -> Any:
-        self.observer.on_queue_waits([0.0])
         started = time.perf_counter()
         # An image that breaks the model fails its own caller, at once (no second try in the
         # inference thread, as _answer's isolation of a batch's culprit does: same outcome).
         row = self.infer(image[None])[0]
-        self._record(1, time.perf_counter() - started)
+        # Its observations wait for the loop's next turn: its answer is written first.
+        self._record(1, time.perf_counter() - started, soon=True)
         return row
 
     async def _next_batch(self) -> list[Pending]:
@@ -236,7 +236,7 @@ class DynamicBatcher:
             if not item.future.done():
                 item.future.set_result(row)
 
-    def _record(self, size: int, seconds: float) -> None:
+    def _record(self, size: int, seconds: float, soon: bool = False) -> None:
         # (per image, so that big batches do not keep lone ones off the loop)
         per_image = seconds / size
         self._recent_s = (
@@ -244,7 +244,12 @@ class DynamicBatcher:
             if self._recent_s == float("inf")
             else (0.9 * self._recent_s + 0.1 * per_image)
         )
-        self.observer.on_batch(size, seconds)
+        if soon:  # a lone image: no wait in the queue
+            loop = asyncio.get_running_loop()
+            loop.call_soon(self.observer.on_queue_waits, [0.0])
+            loop.call_soon(self.observer.on_batch, size, seconds)
+        else:
+            self.observer.on_batch(size, seconds)
 
     async def _one_by_one(self, batch: list[Pending]) -> None:
         loop = asyncio.get_running_loop()

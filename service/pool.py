@@ -25,20 +25,32 @@ def batch_function(
     pack), one forward pass (timed alone: mimo_inference_duration_seconds), postprocess.
 
     A lone image runs on the model's lone session (every core) unless another worker is
-    computing (`cores`)."""
+    computing (`cores`). Run on the event loop (a lone image, service/batching.py), it records
+    its metrics on the loop's next turn, after the request it answers has written its answer.
+    """
     inference = metrics.INFERENCE_DURATION.labels(*model.labels)
     m = model.contract.ensemble_size
     cores = cores or CoresBoard(None)
+
+    def record(answers: Answers, seconds: float) -> None:
+        inference.observe(seconds)
+        answers.record(model.contract.labels, model.labels)
 
     def run(images: np.ndarray) -> Answers:
         started = time.perf_counter()
         with cores.busy() as others_busy:
             session = model.session_for(lone=len(images) == 1 and not others_busy)
             logits = forward(session, pack(images, m) if packed else tile(images, m))
-        inference.observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
         if packed:
-            return score_packed(model.contract, logits, len(images), model.labels).prepare()
-        return score(model.contract, logits, model.labels).prepare()
+            answers: Answers = score_packed(model.contract, logits, len(images))
+        else:
+            answers = score(model.contract, logits)
+        try:
+            asyncio.get_running_loop().call_soon(record, answers, seconds)
+        except RuntimeError:  # (no loop in this thread: the inference thread)
+            record(answers, seconds)
+        return answers.prepare()
 
     return run
 

@@ -4,8 +4,15 @@ The uncertainty measures are computed for the whole batch with one set of numpy 
 Prometheus distributions are recorded, and the values the JSON answers print are turned into
 Python numbers here, in the inference thread, so that each request only picks its rows.
 
+A batch of one image is scored in plain Python (`ScoredOne`, uncertainty.one_image): a lone
+image is answered on the event loop right after its forward pass, where numpy's per-call cost
+on cold caches is most of the work.
+
 Packed batches (M different images in the M slots of one row, each answered by its own
 slot's head) have one head's probabilities per image and no ensemble uncertainty: `Packed`.
+
+Scoring records nothing: `record` puts a batch's distributions and predicted classes into the
+Prometheus metrics, separately, so that a lone image's answer is written before they are.
 """
 
 from __future__ import annotations
@@ -18,7 +25,14 @@ import numpy as np
 
 from service import metrics
 from service.contract import ModelContract
-from service.uncertainty import MEASURES, EnsembleUncertainty, ensemble_uncertainty, softmax
+from service.uncertainty import (
+    MEASURES,
+    EnsembleUncertainty,
+    OneImage,
+    ensemble_uncertainty,
+    one_image,
+    softmax,
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,11 @@ class Answers:
             getattr(self, name)
         return self
 
+    def record(self, names: tuple[str, ...], labels: tuple[str, str]) -> None:
+        """mimo_predictions_total by predicted class (`names`: the contract's class labels)
+        under `labels` (model, version)."""
+        count_predictions(self.p, names, labels)
+
 
 class Scored(Answers):
     """An ensemble batch: the mean of the heads, their uncertainty measures and the
@@ -94,6 +113,75 @@ class Scored(Answers):
     def flags(self) -> list[bool]:
         return self.uncertain.tolist()
 
+    def record(self, names: tuple[str, ...], labels: tuple[str, str]) -> None:
+        """Also the batch's uncertainty distributions and its count of `uncertain` answers."""
+        u = self.u
+        for metric, values in (
+            (metrics.MUTUAL_INFORMATION, u.mutual_information),
+            (metrics.PREDICTIVE_ENTROPY, u.predictive_entropy),
+            (metrics.DISAGREEMENT, u.disagreement),
+        ):
+            metrics.observe_many(metrics.child(metric, *labels), values)
+        count_predictions(u.probabilities, names, labels)
+        # Touched even when 0: the uncertain share (alerts, dashboard) needs the series to exist.
+        metrics.child(metrics.UNCERTAIN, *labels).inc(int(self.uncertain.sum()))
+
+
+class ScoredOne(Scored):
+    """A batch of one image scored in Python numbers (uncertainty.one_image); the numpy arrays
+    of a batch (OIP outputs, member_probabilities) are built only when asked for."""
+
+    def __init__(self, one: OneImage, uncertain: bool) -> None:  # (no Scored.__init__)
+        self.one = one
+        self.flag = uncertain
+
+    def __len__(self) -> int:
+        return 1
+
+    @cached_property
+    def u(self) -> EnsembleUncertainty:  # type: ignore[override]
+        return self.one.batch()
+
+    @cached_property
+    def p(self) -> np.ndarray:  # type: ignore[override]
+        return self.u.probabilities
+
+    @cached_property
+    def uncertain(self) -> np.ndarray:  # type: ignore[override]
+        return np.array([self.flag])
+
+    @cached_property
+    def probabilities(self) -> list[list[float]]:
+        return [self.one.probabilities]
+
+    @cached_property
+    def ranking(self) -> list[list[int]]:
+        p = self.one.probabilities
+        return [sorted(range(len(p)), key=lambda j: -p[j])]  # (stable: ties lower index first)
+
+    @cached_property
+    def members(self) -> tuple[list[list[int]], list[list[float]], list[list[float]]]:
+        one = self.one
+        top_p = [p[j] for p, j in zip(one.member_probabilities, one.tops, strict=True)]
+        return [one.tops], [top_p], [one.kl_to_mean]
+
+    @cached_property
+    def measures(self) -> list[dict[str, float]]:
+        return [{name: getattr(self.one, name) for name in MEASURES}]
+
+    @cached_property
+    def flags(self) -> list[bool]:
+        return [self.flag]
+
+    def record(self, names: tuple[str, ...], labels: tuple[str, str]) -> None:
+        one = self.one
+        metrics.child(metrics.MUTUAL_INFORMATION, *labels).observe(one.mutual_information)
+        metrics.child(metrics.PREDICTIVE_ENTROPY, *labels).observe(one.predictive_entropy)
+        metrics.child(metrics.DISAGREEMENT, *labels).observe(one.disagreement)
+        p = one.probabilities
+        metrics.child(metrics.PREDICTIONS, *labels, names[p.index(max(p))]).inc()
+        metrics.child(metrics.UNCERTAIN, *labels).inc(int(self.flag))
+
 
 class Packed(Answers):
     """A packed batch: image i was in slot `heads[i]` and that head alone answers it."""
@@ -103,34 +191,21 @@ class Packed(Answers):
         self.heads = heads  # [N]
 
 
-def score(contract: ModelContract, logits: np.ndarray, labels: tuple[str, str]) -> Scored:
-    """logits [N, M, K] -> the batch scored and its distributions recorded under `labels`
-    (model, version)."""
+def score(contract: ModelContract, logits: np.ndarray) -> Scored:
+    """logits [N, M, K] -> the batch scored (nothing recorded: see `Answers.record`)."""
+    threshold = contract.thresholds["mutual_information"]
+    if len(logits) == 1:
+        one = one_image(logits[0].tolist(), contract.temperature)
+        if one is not None:
+            return ScoredOne(one, one.mutual_information > threshold)
     u = ensemble_uncertainty(logits, contract.temperature)
-    flags = u.mutual_information > contract.thresholds["mutual_information"]
-    observe(u, flags, contract.labels, labels)
-    return Scored(u, flags)
+    return Scored(u, u.mutual_information > threshold)
 
 
-def observe(
-    u: EnsembleUncertainty, flags: np.ndarray, names: tuple[str, ...], labels: tuple[str, str]
-) -> None:
-    """Record the batch's uncertainty distributions and predicted classes."""
-    metrics.observe_many(metrics.child(metrics.MUTUAL_INFORMATION, *labels), u.mutual_information)
-    metrics.observe_many(metrics.child(metrics.PREDICTIVE_ENTROPY, *labels), u.predictive_entropy)
-    metrics.observe_many(metrics.child(metrics.DISAGREEMENT, *labels), u.disagreement)
-    count_predictions(u.probabilities, names, labels)
-    # Touched even when 0: the uncertain share (alerts, dashboard) needs the series to exist.
-    metrics.child(metrics.UNCERTAIN, *labels).inc(int(flags.sum()))
-
-
-def score_packed(
-    contract: ModelContract, logits: np.ndarray, n: int, names: tuple[str, str]
-) -> Packed:
+def score_packed(contract: ModelContract, logits: np.ndarray, n: int) -> Packed:
     """Packed logits [rows, M, K] -> the first `n` images' own-head probabilities."""
     per_image = logits.reshape(-1, logits.shape[-1])[:n]  # row-major: image i = row i//M, slot i%M
     p = softmax(per_image, contract.temperature)
-    count_predictions(p, contract.labels, names)
     return Packed(p, np.arange(n) % logits.shape[1])
 
 
