@@ -81,7 +81,7 @@ def load_model(
     contract = contract_of(session, shown)
     model = ServedModel(name, version, path, session, contract, provider_name(session))
     if lone_threads and model.provider == "cpu":  # (Settings.lone_layout)
-        model.lone_session = create_session(str(path), providers, lone_threads, spin_in_run=True)
+        model.lone_session = create_session(str(path), providers, lone_threads)
     zeros = np.zeros((1, *contract.input_shape), np.float32)
     for batch in {1, warmup_batch}:
         # warm-up: the first runs allocate and tune

@@ -38,20 +38,17 @@ def requested_providers(choice: str, available: list[str]) -> list[Any]:
     raise ProviderError(f"unknown providers setting {choice!r}: use auto, cpu, cuda or tensorrt")
 
 
-def create_session(
-    path: str, choice: str, threads: int, spin_in_run: bool = False
-) -> ort.InferenceSession:
-    """`spin_in_run`: the threads spin between the operators of a run (a lone image's pass
-    is 0.43 instead of 0.51 ms on 2 threads, the same CPU) and sleep as soon as it ends."""
+def create_session(path: str, choice: str, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Threads left spinning after a run burn the CPU that the next request (or another
-    # worker) needs: a server mostly waits.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_in_run else "0")
-    if spin_in_run:
-        options.add_session_config_entry("session.force_spinning_stop", "1")
+    # worker) needs: a server mostly waits. Not even within a run: a 2-thread lone session
+    # whose threads spun between operators (and slept after the run) made the ~20 requests
+    # after each pause of 150 ms take ~5 ms instead of 0.9 (p99 at c=1: 4.5 against 1.7 ms,
+    # docs/benchmarks.md), for a median 5 % lower.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     wanted = requested_providers(choice, ort.get_available_providers())
     session = ort.InferenceSession(path, options, providers=wanted)
     got = session.get_providers()
