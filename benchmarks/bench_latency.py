@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import platform
 import socket
 import statistics
@@ -81,8 +82,16 @@ def block(port: int, request: bytes, n: int) -> list[float]:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank percentile: the smallest value with at least q of them at or below."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,8 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["plain", "mimo"],
         help="the first is the one the others are compared with",
     )
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--requests", type=int, default=300, help="requests per block")
+    parser.add_argument("--rounds", type=positive, default=20)
+    parser.add_argument("--requests", type=positive, default=300, help="requests per block")
     parser.add_argument("--pause", type=float, default=0.15, help="seconds before each block")
     parser.add_argument(
         "--threads", type=int, default=0, help="MIMO_THREADS (0: the service's rule)"

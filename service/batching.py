@@ -168,11 +168,14 @@ class DynamicBatcher:
         )
 
     def _run_alone(self, image: np.ndarray) -> Any:
+        # Its observations wait for the loop's next turn: its answer is written first. (No
+        # wait in the queue, and counted whatever the pass does, as a batch's images are.)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self.observer.on_queue_waits, [0.0])
         started = time.perf_counter()
         # An image that breaks the model fails its own caller, at once (no second try in the
         # inference thread, as _answer's isolation of a batch's culprit does: same outcome).
         row = self.infer(image[None])[0]
-        # Its observations wait for the loop's next turn: its answer is written first.
         self._record(1, time.perf_counter() - started, soon=True)
         return row
 
@@ -244,10 +247,8 @@ class DynamicBatcher:
             if self._recent_s == float("inf")
             else (0.9 * self._recent_s + 0.1 * per_image)
         )
-        if soon:  # a lone image: no wait in the queue
-            loop = asyncio.get_running_loop()
-            loop.call_soon(self.observer.on_queue_waits, [0.0])
-            loop.call_soon(self.observer.on_batch, size, seconds)
+        if soon:  # (a lone image's, on the event loop)
+            asyncio.get_running_loop().call_soon(self.observer.on_batch, size, seconds)
         else:
             self.observer.on_batch(size, seconds)
 

@@ -1,8 +1,9 @@
-"""Logits of a batch -> everything an answer needs, once per batch, off the event loop.
+"""Logits of a batch -> everything an answer needs, once per batch.
 
-The uncertainty measures are computed for the whole batch with one set of numpy calls, the
-Prometheus distributions are recorded, and the values the JSON answers print are turned into
-Python numbers here, in the inference thread, so that each request only picks its rows.
+The uncertainty measures are computed for the whole batch with one set of numpy calls and the
+values the JSON answers print are turned into Python numbers here, where the batch ran (the
+inference thread, or the event loop for a lone image), so that each request only picks its
+rows.
 
 A batch of one image is scored in plain Python (`ScoredOne`, uncertainty.one_image): a lone
 image is answered on the event loop right after its forward pass, where numpy's per-call cost

@@ -204,8 +204,10 @@ def one_image(logits: list[list[float]], temperature: float = 1.0) -> OneImage |
     steps in the same order, in plain Python: a lone image's answer is served on the event
     loop right after its forward pass, where the caches are cold and each of that function's
     ~25 numpy calls on [1, M, K] costs ~4 us; this costs a third. The results agree to the
-    rounding of the sums (tests/service/test_uncertainty.py). None for a NaN or +inf logit, or
-    a head without a finite one: leave those to ensemble_uncertainty (its NaN answers)."""
+    rounding of the sums (tests/service/test_uncertainty.py), so classes whose mean
+    probabilities tie exactly (heads that are permutations of each other) may rank in either
+    order, as they may between batches of different sizes. None for a NaN or +inf logit, or a
+    head without a finite one: leave those to ensemble_uncertainty (its NaN answers)."""
     if not sum(map(sum, logits)) < math.inf:  # (NaN or +inf somewhere)
         return None
     m, k = len(logits), len(logits[0])
@@ -216,7 +218,7 @@ def one_image(logits: list[list[float]], temperature: float = 1.0) -> OneImage |
         if temperature != 1.0:
             z = [v / temperature for v in z]
         top = max(z)
-        if top == -math.inf:
+        if not -math.inf < top < math.inf:  # (all -inf, or +inf from a tiny temperature)
             return None
         if min(z) - top > _FLOOR:
             shifted = [v - top for v in z]

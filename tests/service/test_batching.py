@@ -373,17 +373,21 @@ def test_images_that_arrive_together_still_batch() -> None:
 
 def test_a_lone_image_that_breaks_the_model_fails_only_its_request() -> None:
     model = LoopWatcher()
+    waits: list[list[float]] = []
 
     async def main(executor: ThreadPoolExecutor) -> None:
         batcher = warmed(model, executor)
         await batcher.submit([image(9)], 5.0)
+        batcher.observer = BatchObserver(on_queue_waits=waits.append)
         with pytest.raises(ValueError, match="NaN"):
             await batcher.submit([image(float("nan"))], 5.0)
         rows = await batcher.submit([image(2)], 5.0)
         np.testing.assert_allclose(rows[0], [8, -8])
+        await asyncio.sleep(0)  # (a lone image's observations come one turn after its answer)
         await batcher.close()
 
     run(main)
+    assert waits == [[0.0], [0.0]]  # the failed image's wait counts too, as in a batch
 
 
 def test_a_queue_delay_keeps_lone_images_in_the_batcher() -> None:

@@ -221,8 +221,16 @@ def test_one_image_agrees_with_the_batch_to_the_rounding(seed: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [[[0.0, math.nan]], [[0.0, math.inf]], [[-math.inf, -math.inf], [0.0, 1.0]]]
+    ("bad", "temperature"),
+    [
+        ([[0.0, math.nan]], 1.0),
+        ([[0.0, math.inf]], 1.0),
+        ([[-math.inf, -math.inf], [0.0, 1.0]], 1.0),
+        ([[1e38, 0.0], [0.0, 1.0]], 1e-280),  # a logit / temperature overflows to +inf
+    ],
 )
-def test_one_image_leaves_nan_inf_and_headless_logits_to_numpy(bad: list[list[float]]) -> None:
+def test_one_image_leaves_nan_inf_and_headless_logits_to_numpy(
+    bad: list[list[float]], temperature: float
+) -> None:
     # ensemble_uncertainty answers these with NaNs; one_image declines rather than differ.
-    assert one_image(bad) is None
+    assert one_image(bad, temperature) is None
