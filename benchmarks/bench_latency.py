@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_serving import ROOT, free_port, servers, serving
+from bench_serving import DEFAULT_IMAGE, DEFAULT_MODEL, start_all
 
 
 def request_bytes(path: str, port: int, image: bytes) -> bytes:
@@ -96,12 +96,8 @@ def positive(text: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--model", type=Path, default=ROOT / "models" / "mnist" / "1" / "model.onnx"
-    )
-    parser.add_argument(
-        "--image", type=Path, default=ROOT / "service" / "static" / "examples" / "clear.png"
-    )
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument(
         "--servers",
         nargs="+",
@@ -128,12 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     per_block: dict[str, list[float]] = {name: [] for name in names}  # each block's median
     every: dict[str, list[float]] = {name: [] for name in names}
     with contextlib.ExitStack() as stack:
-        up = {}
-        for name in names:
-            port = free_port()
-            server = servers(args.model, port, args.threads, args.tree)[name]
-            stack.enter_context(serving(server, port, image))
-            up[name] = (port, request_bytes(server.path, port, image))
+        up = {
+            name: (port, request_bytes(server.path, port, image))
+            for name, (server, port, _, _) in start_all(stack, names, image, args).items()
+        }
         for port, request in up.values():
             block(port, request, max(10, args.requests // 3))  # warm-up, not counted
         for round_ in range(args.rounds):

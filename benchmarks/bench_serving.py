@@ -45,6 +45,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+DEFAULT_MODEL = ROOT / "models" / "mnist" / "1" / "model.onnx"
+DEFAULT_IMAGE = ROOT / "service" / "static" / "examples" / "clear.png"
 
 
 @dataclass
@@ -284,6 +286,20 @@ def measure_server(
         return {c: hey(url, image_path, c, args.seconds, session) for c in args.concurrency}
 
 
+def start_all(
+    stack: contextlib.ExitStack, names: list[str], image: bytes, args: argparse.Namespace
+) -> dict[str, tuple[Server, int, str, int]]:
+    """Every named server started on a free port of its own, stopped when `stack` closes: its
+    definition, port, URL and session id."""
+    up = {}
+    for name in names:
+        port = free_port()
+        server = servers(args.model, port, args.threads, args.tree)[name]
+        url, session = stack.enter_context(serving(server, port, image))
+        up[name] = (server, port, url, session)
+    return up
+
+
 def side_by_side(
     names: list[str], image: bytes, args: argparse.Namespace
 ) -> Iterator[dict[tuple[str, int], dict[str, Any]]]:
@@ -291,11 +307,10 @@ def side_by_side(
     server), the servers' order turning from one repeat to the next: runs seconds apart, so
     the drift of a shared machine hits every server alike (the idle ones wait)."""
     with contextlib.ExitStack() as stack:
-        up = {}
-        for name in names:
-            port = free_port()
-            server = servers(args.model, port, args.threads, args.tree)[name]
-            up[name] = stack.enter_context(serving(server, port, image))
+        up = {
+            name: (url, session)
+            for name, (_, _, url, session) in start_all(stack, names, image, args).items()
+        }
         for url, _ in up.values():
             hey(url, args.image, max(args.concurrency), 1.0)  # warm-up, not counted
         for repeat in range(args.repeats):
@@ -331,12 +346,8 @@ def raw_ort(model: Path, image: np.ndarray, threads: int, seconds: float) -> dic
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", type=Path, default=ROOT / "models" / "mnist" / "1" / "model.onnx"
-    )
-    parser.add_argument(
-        "--image", type=Path, default=ROOT / "service" / "static" / "examples" / "clear.png"
-    )
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument(
         "--servers",
         nargs="+",
