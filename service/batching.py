@@ -3,7 +3,8 @@
 `collect_batch` is the whole policy and a pure function: it takes queued images in arrival
 order up to the batch limit and sets aside those whose request already timed out or went away.
 `DynamicBatcher` runs it in a loop: it waits for a first image, then up to the queue delay for
-a fuller batch, and runs inference in a worker thread so the event loop keeps taking requests.
+a fuller batch, and runs inference in a worker thread so the event loop keeps taking requests
+(or, for a fast model in a worker with one core of its own, on the loop: `_on_loop`).
 A lone image that finds the batcher idle (nothing queued, computing or arriving with it) runs
 in its own request at once, as the batcher would have run it, minus two turns of the loop.
 """
@@ -73,6 +74,7 @@ class DynamicBatcher:
         max_queue: int,
         observer: BatchObserver | None = None,
         inline_below_s: float = 0.0,
+        inline_batches: bool = False,
     ) -> None:
         self.infer = infer
         self.executor = executor
@@ -83,6 +85,7 @@ class DynamicBatcher:
         # A lone image whose batches have taken less than this (moving average) runs on the
         # event loop: the hop to the inference thread and back costs more than such a pass.
         self.inline_below_s = inline_below_s
+        self.inline_batches = inline_batches
         self._recent_s = float("inf")  # moving average of a batch's time, once there is one
         self._computing = False  # a batch is in the inference thread
         self._deciding = 0  # lone images looking whether they are alone (see submit)
@@ -163,7 +166,7 @@ class DynamicBatcher:
             not self.queue
             and not self._computing
             and self.max_delay_s == 0
-            and self._recent_s < self.inline_below_s
+            and self._on_loop(1)
             and not self._closing
         )
 
@@ -221,7 +224,7 @@ class DynamicBatcher:
         images = np.stack([item.image for item in batch])
         started = time.perf_counter()
         try:
-            if len(batch) == 1 and self._recent_s < self.inline_below_s:
+            if self._on_loop(len(batch)):
                 results = self.infer(images)
             else:
                 self._computing = True
@@ -238,6 +241,17 @@ class DynamicBatcher:
         for item, row in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(row)
+
+    def _on_loop(self, size: int) -> bool:
+        """Run a batch of `size` on the event loop? A lone image of a fast model (passes under
+        `inline_below_s` per image) does: the hop to the inference thread and back costs more
+        than its pass. With `inline_batches` (a worker with one core of its own, where the
+        inference thread only takes turns with the loop), every batch of a fast model does:
+        no thread switch, futex or eventfd per batch. (Not only the small ones: under load the
+        batches grow, and those are the ones that count.)"""
+        if size > 1 and not self.inline_batches:
+            return False
+        return self._recent_s < self.inline_below_s
 
     def _record(self, size: int, seconds: float, soon: bool = False) -> None:
         # (per image, so that big batches do not keep lone ones off the loop)

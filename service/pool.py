@@ -106,6 +106,8 @@ class BatcherPool:
                 self.settings.max_queue_size,
                 self.observer_for(model),
                 self.settings.inline_below_ms / 1000.0,
+                # (a GPU's pass leaves the CPU free: the loop goes on meanwhile)
+                inline_batches=model.provider == "cpu" and self.settings.core_per_worker(),
             )
             self._batchers[model, packed] = batcher
         return batcher

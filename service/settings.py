@@ -41,8 +41,9 @@ class Settings(BaseSettings):
         5.0,
         ge=0,
         description="a lone image runs its forward pass on the event loop when the model's "
-        "passes take less than this per image (the hop to the inference thread costs more); "
-        "0: always in the inference thread",
+        "passes take less than this per image (the hop to the inference thread costs more), and "
+        "so does every batch when each worker has a core of its own (one thread takes turns "
+        "with the loop anyway); 0: always in the inference thread",
     )
     request_timeout_s: float = Field(10.0, gt=0, description="a request waits at most this")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
@@ -122,6 +123,15 @@ class Settings(BaseSettings):
         workers = self.workers or (1 if self.model_control == "explicit" else min(cores, 4))
         threads = self.threads or max(1, cores // workers)
         return workers, threads
+
+    def core_per_worker(self) -> bool:
+        """Does each worker have a core to itself and no more (one ONNX Runtime thread, at
+        least as many workers as cores)? Its fast batches then run on its event loop
+        (service/batching.py): a second thread would only take turns with the loop on that
+        core. With more cores than workers, the inference thread lets the loop read and decode
+        the next requests while the model runs on the other cores."""
+        workers, threads = self.process_layout()
+        return threads == 1 and workers >= _cores()
 
     def lone_layout(self) -> int:
         """ONNX Runtime threads of each CPU model's lone-image session; 0: no such session.

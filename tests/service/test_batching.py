@@ -309,6 +309,34 @@ def test_lone_images_of_fast_models_run_on_the_event_loop(
     assert later == {expected}
 
 
+@pytest.mark.parametrize(("inline_batches", "expected"), [(True, "loop"), (False, "pool")])
+def test_batches_of_fast_models_run_on_the_loop_with_a_core_per_worker(
+    inline_batches: bool, expected: str
+) -> None:
+    """With `inline_batches` (each worker has one core: Settings.core_per_worker) a batch of a
+    fast model runs on the event loop too, not only a lone image; every caller still gets its
+    own row, in one forward pass. A slow model keeps the inference thread either way."""
+    model = ThreadRecorder()
+
+    async def main(executor: ThreadPoolExecutor) -> None:
+        batcher = DynamicBatcher(
+            model, executor, 8, 0.0, 100, inline_below_s=1.0, inline_batches=inline_batches
+        )
+        await batcher.submit([image(9)], 5.0)  # the first batch times the model
+        results = await asyncio.gather(*(batcher.submit([image(i)], 5.0) for i in range(5)))
+        for i, rows in enumerate(results):
+            np.testing.assert_allclose(rows[0], [4 * i, -4 * i])
+        batcher.inline_below_s = 0.0  # (as if the model were slow)
+        await asyncio.gather(*(batcher.submit([image(i)], 5.0) for i in range(3)))
+        await batcher.close()
+
+    run(main)
+    loop_thread = threading.main_thread().name
+    assert [len(b) for b in model.batches[1:]] == [5, 3]
+    assert ("loop" if model.threads[1] == loop_thread else "pool") == expected
+    assert model.threads[2] != loop_thread
+
+
 class LoopWatcher(SumModel):
     """Records, for each batch, whether the batcher's own task was the one that ran it."""
 

@@ -55,6 +55,27 @@ def test_lone_image_threads(
     assert Settings(**overrides).lone_layout() == expected
 
 
+@pytest.mark.parametrize(
+    ("cores", "overrides", "expected"),
+    [
+        (2, {}, True),  # two workers of one thread: batches run on each worker's loop
+        (1, {}, True),
+        (4, {}, True),
+        (16, {}, False),  # 4 workers of 4 threads: the loop decodes while the model runs
+        (2, {"threads": 2}, False),
+        (2, {"workers": 1, "threads": 1}, False),  # a spare core for the inference thread
+        (8, {"model_control": "explicit", "api_key": "k"}, False),
+    ],
+)
+def test_a_core_per_worker(
+    monkeypatch: pytest.MonkeyPatch, cores: int, overrides: dict, expected: bool
+) -> None:
+    monkeypatch.delenv("MIMO_WORKERS", raising=False)
+    monkeypatch.delenv("MIMO_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    assert Settings(**overrides).core_per_worker() is expected
+
+
 def test_grpc_and_http_ports_differ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MIMO_GRPC_PORT", raising=False)
     with pytest.raises(ValidationError, match="MIMO_GRPC_PORT=0"):
