@@ -82,8 +82,9 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self.observer = observer or BatchObserver()
-        # A lone image whose batches have taken less than this (moving average) runs on the
-        # event loop: the hop to the inference thread and back costs more than such a pass.
+        # A model whose batches have taken less than this per image (moving average) is fast:
+        # its lone images run on the event loop, and with `inline_batches` all its batches
+        # (see _on_loop).
         self.inline_below_s = inline_below_s
         self.inline_batches = inline_batches
         self._recent_s = float("inf")  # moving average of a batch's time, once there is one
