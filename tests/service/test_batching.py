@@ -337,6 +337,23 @@ def test_batches_of_fast_models_run_on_the_loop_with_a_core_per_worker(
     assert model.threads[2] != loop_thread
 
 
+def test_a_batch_that_would_hold_the_loop_long_goes_to_the_inference_thread() -> None:
+    """Even with `inline_batches`, a batch expected to take longer than LOOP_HOLD_S runs in the
+    inference thread (health checks and new requests would wait for it)."""
+    from service.batching import LOOP_HOLD_S
+
+    async def main(executor: ThreadPoolExecutor) -> None:
+        batcher = DynamicBatcher(
+            SumModel(), executor, 64, 0.0, 100, inline_below_s=1.0, inline_batches=True
+        )
+        batcher._recent_s = LOOP_HOLD_S / 10  # (as measured: per image)
+        assert batcher._on_loop(1) and batcher._on_loop(9)
+        assert not batcher._on_loop(10)
+        await batcher.close()
+
+    run(main)
+
+
 class LoopWatcher(SumModel):
     """Records, for each batch, whether the batcher's own task was the one that ran it."""
 
