@@ -166,7 +166,7 @@ class DynamicBatcher:
 
     def _may_run_alone(self) -> bool:
         """Nothing queued or computing, no queue delay asked for, and a model fast enough for
-        a lone image to run on the loop (see _answer)."""
+        a lone image to run on the loop (see _on_loop)."""
         return (
             not self.queue
             and not self._computing
@@ -184,7 +184,7 @@ class DynamicBatcher:
         # An image that breaks the model fails its own caller, at once (no second try in the
         # inference thread, as _answer's isolation of a batch's culprit does: same outcome).
         row = self.infer(image[None])[0]
-        self._record(1, time.perf_counter() - started, soon=True)
+        loop.call_soon(self._record, 1, time.perf_counter() - started)
         return row
 
     async def _next_batch(self) -> list[Pending]:
@@ -259,7 +259,7 @@ class DynamicBatcher:
             return False
         return self._recent_s < self.inline_below_s
 
-    def _record(self, size: int, seconds: float, soon: bool = False) -> None:
+    def _record(self, size: int, seconds: float) -> None:
         # (per image, so that big batches do not keep lone ones off the loop)
         per_image = seconds / size
         self._recent_s = (
@@ -267,10 +267,7 @@ class DynamicBatcher:
             if self._recent_s == float("inf")
             else (0.9 * self._recent_s + 0.1 * per_image)
         )
-        if soon:  # (a lone image's, on the event loop)
-            asyncio.get_running_loop().call_soon(self.observer.on_batch, size, seconds)
-        else:
-            self.observer.on_batch(size, seconds)
+        self.observer.on_batch(size, seconds)
 
     async def _one_by_one(self, batch: list[Pending]) -> None:
         loop = asyncio.get_running_loop()

@@ -179,8 +179,7 @@ class ScoredOne(Scored):
         metrics.child(metrics.MUTUAL_INFORMATION, *labels).observe(one.mutual_information)
         metrics.child(metrics.PREDICTIVE_ENTROPY, *labels).observe(one.predictive_entropy)
         metrics.child(metrics.DISAGREEMENT, *labels).observe(one.disagreement)
-        p = one.probabilities
-        metrics.child(metrics.PREDICTIONS, *labels, names[p.index(max(p))]).inc()
+        metrics.child(metrics.PREDICTIONS, *labels, names[self.ranking[0][0]]).inc()
         metrics.child(metrics.UNCERTAIN, *labels).inc(int(self.flag))
 
 
