@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="model repository to write")
     parser.add_argument("--network", choices=["wrn-16-4", "resnet18"], default="wrn-16-4")
     parser.add_argument("--ensemble-size", type=int, default=3)
+    parser.add_argument("--name", default="cifar", help="the model's name in the repository")
     args = parser.parse_args(argv)
     spec = NETWORKS[args.network]
     model = make_network(spec, args.ensemble_size, seed=0)
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     for key, value in contract.metadata().items():
         graph.metadata_props.add(key=key, value=value)
-    target = args.out / "cifar" / "1" / "model.onnx"
+    target = args.out / args.name / "1" / "model.onnx"
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(graph, target)
     pixels = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)

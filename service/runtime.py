@@ -50,7 +50,23 @@ def create_session(path: str, choice: str, threads: int) -> ort.InferenceSession
     # docs/benchmarks.md), for a median 5 % lower.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     wanted = requested_providers(choice, ort.get_available_providers())
-    session = ort.InferenceSession(path, options, providers=wanted)
+    try:
+        session = ort.InferenceSession(path, options, providers=wanted)
+    except Exception as exc:
+        # A provider that cannot start (a CUDA or cuDNN library missing, no GPU) can fail the
+        # whole session even after ONNX Runtime's own fallback: that is the provider's fault,
+        # not the model's, when the CPU loads the same file.
+        if choice == "cpu" or not _loads_on_cpu(path, options):
+            raise
+        if choice == "auto":
+            log.warning("%s: %s failed (%s); serving it on the CPU", path, wanted[0], exc)
+            session = ort.InferenceSession(path, options, providers=[CPU])
+        else:
+            raise ProviderError(
+                f"{path}: asked for {choice} but ONNX Runtime could not start it "
+                f"({str(exc)[:300]}); check the CUDA and cuDNN libraries onnxruntime-gpu needs, "
+                "or set MIMO_PROVIDERS=cpu"
+            ) from None
     got = session.get_providers()
     if choice in ("cuda", "tensorrt"):
         needed = CUDA if choice == "cuda" else TENSORRT
@@ -62,6 +78,14 @@ def create_session(path: str, choice: str, threads: int) -> ort.InferenceSession
             )
     log.info("%s runs on %s", path, got[0])
     return session
+
+
+def _loads_on_cpu(path: str, options: ort.SessionOptions) -> bool:
+    try:
+        ort.InferenceSession(path, options, providers=[CPU])
+    except Exception:
+        return False
+    return True
 
 
 def provider_name(session: ort.InferenceSession) -> str:
