@@ -40,12 +40,13 @@ def batch_function(
         started = time.perf_counter()
         with cores.busy() as others_busy:
             session = model.session_for(lone=len(images) == 1 and not others_busy)
-            logits = forward(session, pack(images, m) if packed else tile(images, m))
+            rows = model.rows_for(-(-len(images) // m) if packed else len(images))
+            logits = forward(session, pack(images, m, rows) if packed else tile(images, m, rows))
         seconds = time.perf_counter() - started
         if packed:
             answers: Answers = score_packed(model.contract, logits, len(images))
         else:
-            answers = score(model.contract, logits)
+            answers = score(model.contract, logits[: len(images)])
         try:
             asyncio.get_running_loop().call_soon(record, answers, seconds)
         except RuntimeError:  # (no loop in this thread: the inference thread)

@@ -23,7 +23,7 @@ from service.contract import (
     contract_of,
 )
 from service.errors import BadRequest, NotFound, quoted
-from service.inference import forward, tile
+from service.inference import forward, row_counts, rows_for, tile
 from service.runtime import ProviderError, create_session, provider_name
 
 log = logging.getLogger("mimo.registry")
@@ -40,6 +40,13 @@ class ServedModel:
     # More threads for a batch of one (ModelRegistry's lone_threads): latency at low load,
     # while batches keep one session's threads per worker and do not oversubscribe the cores.
     lone_session: ort.InferenceSession | None = None
+    # The batch sizes its session runs at, batches padded up to them (an accelerator's:
+    # inference.row_counts); None: any size (the CPU's cost grows with each row).
+    row_counts: tuple[int, ...] | None = None
+
+    def rows_for(self, n: int) -> int:
+        """The rows a pass of `n` rows runs at."""
+        return rows_for(n, self.row_counts)
 
     def session_for(self, lone: bool) -> ort.InferenceSession:
         """The lone session for a lone image, where there is one; else the batch session."""
@@ -82,10 +89,12 @@ def load_model(
     model = ServedModel(name, version, path, session, contract, provider_name(session))
     if lone_threads and model.provider == "cpu":  # (Settings.lone_layout)
         model.lone_session = create_session(str(path), providers, lone_threads)
+    if model.provider != "cpu":
+        model.row_counts = row_counts(warmup_batch)
     zeros = np.zeros((1, *contract.input_shape), np.float32)
-    for batch in {1, warmup_batch}:
+    for batch in model.row_counts or {1, warmup_batch}:
         # warm-up: the first runs allocate and tune
-        forward(session, tile(np.repeat(zeros, batch, axis=0), contract.ensemble_size))
+        forward(session, tile(zeros, contract.ensemble_size, batch))
     if model.lone_session is not None:
         forward(model.lone_session, tile(zeros, contract.ensemble_size))
     return model
@@ -196,7 +205,14 @@ class ModelRegistry:
     def get(self, name: str, version: int | None = None) -> ServedModel:
         versions = self._models.get(name)
         if not versions:
-            known = ", ".join(sorted(self._models)) or "none"
+            known = ", ".join(sorted(n for n, v in self._models.items() if v)) or "none"
+            refused = [
+                f"{key} was refused at load: {why}"
+                for key, why in sorted(self.failures.items())
+                if key.startswith(f"{name}/")
+            ]
+            if refused:
+                raise NotFound(f"model {quoted(name)} is not served: {'; '.join(refused)}")
             raise NotFound(f"unknown model {quoted(name)}; served models: {known}")
         if version is None:
             return versions[max(versions)]

@@ -20,6 +20,13 @@ TENSORRT = "TensorrtExecutionProvider"
 SHORT = {CPU: "cpu", CUDA: "cuda", TENSORRT: "tensorrt"}
 
 
+# Measured on an H200 (docs/benchmarks.md, "On a GPU"): cuDNN's EXHAUSTIVE search, ONNX
+# Runtime's default, spent ~300 ms on the first pass of each new batch size for a WRN-16-4 and
+# then ran no faster than HEURISTIC (~50 ms); TF32 matmuls and convolutions left the answers
+# 2e-4 from the CPU's, fp32 1e-5 or less.
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}
+
+
 class ProviderError(RuntimeError):
     pass
 
@@ -29,12 +36,14 @@ def requested_providers(choice: str, available: list[str]) -> list[Any]:
     if choice == "cpu":
         return [CPU]
     if choice == "cuda":
-        return [(CUDA, {"cudnn_conv_algo_search": "EXHAUSTIVE"}), CPU]
+        return [(CUDA, CUDA_OPTIONS), CPU]
     if choice == "tensorrt":
         trt = {"trt_engine_cache_enable": True, "trt_fp16_enable": True}
-        return [(TENSORRT, trt), CUDA, CPU]
+        return [(TENSORRT, trt), (CUDA, CUDA_OPTIONS), CPU]
     if choice == "auto":
-        return [p for p in (TENSORRT, CUDA) if p in available] + [CPU]
+        return [
+            (p, CUDA_OPTIONS) if p == CUDA else p for p in (TENSORRT, CUDA) if p in available
+        ] + [CPU]
     raise ProviderError(f"unknown providers setting {choice!r}: use auto, cpu, cuda or tensorrt")
 
 
@@ -71,10 +80,15 @@ def create_session(path: str, choice: str, threads: int) -> ort.InferenceSession
     if choice in ("cuda", "tensorrt"):
         needed = CUDA if choice == "cuda" else TENSORRT
         if needed not in got:
+            fix = (
+                "install onnxruntime-gpu with a working CUDA, or set MIMO_PROVIDERS=cpu"
+                if choice == "cuda"
+                else "install TensorRT (libnvinfer) beside onnxruntime-gpu, or set "
+                "MIMO_PROVIDERS=cuda"
+            )
             raise ProviderError(
                 f"{path}: asked for {choice} but ONNX Runtime gave {got} (available: "
-                f"{ort.get_available_providers()}); install onnxruntime-gpu with a working "
-                "CUDA, or set MIMO_PROVIDERS=cpu"
+                f"{ort.get_available_providers()}); {fix}"
             )
     log.info("%s runs on %s", path, got[0])
     return session

@@ -386,9 +386,11 @@ def conv_search(path: Path) -> dict[str, Any]:
     steady time at the largest."""
     import onnxruntime as ort
 
+    from service.runtime import CUDA_OPTIONS
+
     found = {}
     for search in ("EXHAUSTIVE", "HEURISTIC"):
-        options = {"cudnn_conv_algo_search": search}
+        options = CUDA_OPTIONS | {"cudnn_conv_algo_search": search}
         session = ort.InferenceSession(
             str(path), providers=[("CUDAExecutionProvider", options), "CPUExecutionProvider"]
         )
@@ -409,15 +411,25 @@ def conv_search(path: Path) -> dict[str, Any]:
 
 
 def binding_and_graphs(path: Path, seconds: float) -> dict[str, Any]:
-    """At the largest batch: plain run (host tensors in and out), I/O binding (tensors kept on
-    the GPU: the copies' share), and a CUDA graph replayed (launch overhead's share)."""
+    """At the largest batch, with the service's CUDA options: plain run (host tensors in and
+    out), TF32 allowed, I/O binding (tensors kept on the GPU: the copies' share), and a CUDA
+    graph replayed (launch overhead's share)."""
     import onnxruntime as ort
+
+    from service.runtime import CUDA_OPTIONS
 
     batch = BATCHES[-1]
     found: dict[str, Any] = {}
-    plain = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
+    cuda = [("CUDAExecutionProvider", CUDA_OPTIONS)]
+    plain = ort.InferenceSession(str(path), providers=cuda)
     x = random_input(plain, batch)
     found["plain_ms"] = 1000 * timed_runs(lambda: plain.run(["logits"], {"images": x}), seconds)
+    tf32 = ort.InferenceSession(
+        str(path), providers=[("CUDAExecutionProvider", CUDA_OPTIONS | {"use_tf32": "1"})]
+    )
+    found["tf32_ms"] = 1000 * timed_runs(lambda: tf32.run(["logits"], {"images": x}), seconds)
+    a, b = plain.run(["logits"], {"images": x})[0], tf32.run(["logits"], {"images": x})[0]
+    found["tf32_max_abs_logit_diff"] = float(np.abs(a - b).max())
     x_gpu = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
     binding = plain.io_binding()
     binding.bind_ortvalue_input("images", x_gpu)
@@ -426,7 +438,7 @@ def binding_and_graphs(path: Path, seconds: float) -> dict[str, Any]:
     try:
         graphed = ort.InferenceSession(
             str(path),
-            providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"})],
+            providers=[("CUDAExecutionProvider", CUDA_OPTIONS | {"enable_cuda_graph": "1"})],
         )
         logits = graphed.get_outputs()[0].shape
         y_gpu = ort.OrtValue.ortvalue_from_shape_and_type(
@@ -518,6 +530,11 @@ def derive(data: dict[str, Any], provider: str) -> dict[str, Any]:
     if m3 and m1:
         out[f"raw M=3 / M=1 time per image, batch {big}"] = (
             m1["batches"][big]["images_per_s"] / m3["batches"][big]["images_per_s"]
+        )
+    graphs = data.get("binding_and_graphs", {})
+    if "io_binding_ms" in graphs.get("cifar", {}) and "io_binding_ms" in graphs.get("cifar-m1", {}):
+        out[f"raw M=3 / M=1 time per image, batch {big}, tensors on the GPU"] = (
+            graphs["cifar"]["io_binding_ms"] / graphs["cifar-m1"]["io_binding_ms"]
         )
     rps = {(r["server"], r["mode"], r["clients"]): r["req_per_s"] for r in data.get("load", [])}
     top = data["clients"][-1]
@@ -673,15 +690,17 @@ def main(argv: list[str] | None = None) -> None:
                 40,
                 lambda: report.data.__setitem__("conv_search", conv_search(cifar)),
             )
-            step(
-                report,
-                deadline,
-                "I/O binding and CUDA graphs",
-                20,
-                lambda: report.data.__setitem__(
-                    "binding_and_graphs", binding_and_graphs(cifar, raw_s)
-                ),
-            )
+            graphs = report.data.setdefault("binding_and_graphs", {})
+            for name in ("cifar", "cifar-m1"):  # M=3 against M=1 without the copies too
+                step(
+                    report,
+                    deadline,
+                    f"I/O binding and CUDA graphs, {name}",
+                    20,
+                    lambda n=name: graphs.__setitem__(
+                        n, binding_and_graphs(repos[n] / n / "1" / "model.onnx", raw_s)
+                    ),
+                )
         runs = report.data.setdefault("load", [])
         # in order of what matters: the ensemble on both providers, M=1, then packed mode
         plan = [(f"{m}@{p}", "ensemble") for m in ("mnist", "cifar") for p in providers]
