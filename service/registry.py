@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,13 +92,19 @@ def load_model(
         model.lone_session = create_session(str(path), providers, lone_threads)
     if model.provider != "cpu":
         model.row_counts = row_counts(warmup_batch)
-    zeros = np.zeros((1, *contract.input_shape), np.float32)
-    for batch in model.row_counts or {1, warmup_batch}:
-        # warm-up: the first runs allocate and tune
-        forward(session, tile(zeros, contract.ensemble_size, batch))
+    warm_up(model, model.row_counts or {1, warmup_batch})
     if model.lone_session is not None:
+        zeros = np.zeros((1, *contract.input_shape), np.float32)
         forward(model.lone_session, tile(zeros, contract.ensemble_size))
     return model
+
+
+def warm_up(model: ServedModel, sizes: Iterable[int]) -> None:
+    """A pass at each batch size: the first runs allocate and tune (and on a GPU, the first
+    pass of each shape on each thread is slow: BatcherPool runs this again on its thread)."""
+    zeros = np.zeros((1, *model.contract.input_shape), np.float32)
+    for batch in sizes:
+        forward(model.session, tile(zeros, model.contract.ensemble_size, batch))
 
 
 class ModelRegistry:

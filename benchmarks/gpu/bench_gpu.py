@@ -410,6 +410,35 @@ def conv_search(path: Path) -> dict[str, Any]:
     return found
 
 
+def first_pass_per_thread(path: Path, provider: str = "cuda") -> dict[str, Any]:
+    """Is the CUDA provider's slow first pass of a shape paid once per session, or again on
+    each thread that runs it? Every size warmed on this thread, then timed on two new ones."""
+    import threading
+
+    from service.inference import row_counts
+    from service.runtime import create_session
+
+    session = create_session(str(path), provider, 1)
+    sizes = row_counts(32)
+    inputs = {b: random_input(session, b) for b in sizes}
+    found: dict[str, Any] = {}
+
+    def timed(label: str) -> None:
+        found[label] = {}
+        for b in sizes:
+            t = time.perf_counter()
+            session.run(["logits"], {"images": inputs[b]})
+            found[label][str(b)] = (time.perf_counter() - t) * 1000
+
+    timed("first, loading thread")
+    timed("again, loading thread")
+    for label in ("first, new thread A", "again, thread A", "first, new thread B"):
+        worker = threading.Thread(target=timed, args=(label,))
+        worker.start()
+        worker.join()
+    return found
+
+
 def binding_and_graphs(path: Path, seconds: float) -> dict[str, Any]:
     """At the largest batch, with the service's CUDA options: plain run (host tensors in and
     out), TF32 allowed, I/O binding (tensors kept on the GPU: the copies' share), and a CUDA
@@ -513,7 +542,7 @@ def render(data: dict[str, Any]) -> str:
             f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in derived.items()
         ]
         lines.append("")
-    for key in ("conv_search", "binding_and_graphs", "skipped", "errors"):
+    for key in ("conv_search", "binding_and_graphs", "first_pass_ms", "skipped", "errors"):
         if data.get(key):
             lines += [f"## {key}", "", "```", json.dumps(data[key], indent=1), "```", ""]
     lines.append(f"elapsed {data.get('elapsed_s')} s")
@@ -622,11 +651,9 @@ def main(argv: list[str] | None = None) -> None:
             for m, p in [*(("cifar", p) for p in providers), ("cifar-m1", gpu)]:
                 started.append(start(f"{m}@{p}", repos[m], m, p, work, {}))
             if gpu != cpu:
-                # more HTTP workers and larger batches, to feed the GPU from more cores
-                wide = {"MIMO_WORKERS": "8", "MIMO_MAX_BATCH_SIZE": "256"}
-                started.append(
-                    start(f"cifar-w8-b256@{gpu}", repos["cifar"], "cifar", gpu, work, wide)
-                )
+                # more HTTP workers, to feed the GPU from more cores
+                wide = {"MIMO_WORKERS": "8"}
+                started.append(start(f"cifar-w8@{gpu}", repos["cifar"], "cifar", gpu, work, wide))
         up: dict[str, Served] = {}
         for server in started:
             try:
@@ -701,12 +728,20 @@ def main(argv: list[str] | None = None) -> None:
                         n, binding_and_graphs(repos[n] / n / "1" / "model.onnx", raw_s)
                     ),
                 )
+        if gpu == "cuda" and cifar:
+            step(
+                report,
+                deadline,
+                "first pass per thread",
+                15,
+                lambda: report.data.__setitem__("first_pass_ms", first_pass_per_thread(cifar)),
+            )
         runs = report.data.setdefault("load", [])
         # in order of what matters: the ensemble on both providers, M=1, then packed mode
         plan = [(f"{m}@{p}", "ensemble") for m in ("mnist", "cifar") for p in providers]
         plan += [(f"cifar-m1@{gpu}", "ensemble")]
         plan += [(f"{m}@{p}", "packed") for m in ("mnist", "cifar") for p in providers]
-        plan += [(f"cifar-w8-b256@{gpu}", "ensemble")]
+        plan += [(f"cifar-w8@{gpu}", "ensemble")]
         images = {m: work / f"{m}.png" for m in repos}
         for m, path in images.items():
             path.write_bytes(test_images(m, args.digits if m == "mnist" else None, 1)[0])

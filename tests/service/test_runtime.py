@@ -34,8 +34,10 @@ def test_a_provider_that_is_not_there_is_an_error(model_file: str, choice: str) 
 
 def test_auto_takes_the_best_available() -> None:
     assert runtime.requested_providers("auto", [CPU]) == [CPU]
-    assert runtime.requested_providers("auto", [CUDA, CPU]) == [CUDA, CPU]
-    assert runtime.requested_providers("auto", [TENSORRT, CUDA, CPU]) == [TENSORRT, CUDA, CPU]
+    cuda = (CUDA, runtime.CUDA_OPTIONS)
+    assert runtime.requested_providers("auto", [CUDA, CPU]) == [cuda, CPU]
+    assert runtime.requested_providers("auto", [TENSORRT, CUDA, CPU]) == [TENSORRT, cuda, CPU]
+    assert runtime.requested_providers("cuda", [CPU]) == [cuda, CPU]
     with pytest.raises(ProviderError, match="use auto, cpu, cuda or tensorrt"):
         runtime.requested_providers("gpu", [CPU])
 
