@@ -12,11 +12,12 @@ import onnxruntime as ort
 
 
 def row_counts(max_rows: int) -> tuple[int, ...]:
-    """The batch sizes an accelerator's session runs at: the powers of two below `max_rows`,
-    and `max_rows`. Each new input shape costs the CUDA provider a slow first pass (cuDNN's
-    plans and workspace: 50-300 ms on an H200, docs/benchmarks.md "On a GPU"), and a dynamic
-    batcher makes every size up to its limit: a few sizes, all run once at load, cost nothing
-    afterwards, and a GPU runs a batch padded up to the next one in about the same time."""
+    """The batch sizes an accelerator's sessions run at: the powers of two below `max_rows`,
+    and `max_rows`. A dynamic batcher makes every size up to its limit, and ONNX Runtime's CUDA
+    provider plans a session's convolutions again at each change of its input shape (30-45 ms
+    a pass on an H200, docs/benchmarks.md "On a GPU"): a session per size, warmed at load,
+    plans nothing afterwards, and a GPU runs a batch padded up to the next size in about the
+    same time."""
     sizes = [1 << k for k in range(max(max_rows - 1, 0).bit_length()) if 1 << k < max_rows]
     return (*sizes, max_rows)
 

@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.threads,
             settings.max_batch_size,
             settings.lone_layout(),
+            settings.fixed_sizes(),
         )
         report = registry.load_all()
         log.info("serving %s; refused %s", report.loaded, list(report.failed) or "none")

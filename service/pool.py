@@ -14,7 +14,7 @@ from service.batching import BatchObserver, DynamicBatcher
 from service.cores import CoresBoard
 from service.inference import forward, pack, tile
 from service.postprocess import Answers, Row, score, score_packed
-from service.registry import ModelRegistry, ServedModel, warm_up
+from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings
 
 
@@ -39,8 +39,8 @@ def batch_function(
     def run(images: np.ndarray) -> Answers:
         started = time.perf_counter()
         with cores.busy() as others_busy:
-            session = model.session_for(lone=len(images) == 1 and not others_busy)
             rows = model.rows_for(-(-len(images) // m) if packed else len(images))
+            session = model.session_for(rows, lone=len(images) == 1 and not others_busy)
             logits = forward(session, pack(images, m, rows) if packed else tile(images, m, rows))
         seconds = time.perf_counter() - started
         if packed:
@@ -67,18 +67,7 @@ class BatcherPool:
         # turns on the one inference thread.
         self._batchers: dict[tuple[ServedModel, bool], DynamicBatcher] = {}
         self._published: set[ServedModel] = set()
-        self._warmed: set[ServedModel] = set()
         self.publish()
-        for model in registry.models():
-            self.warm(model)
-
-    def warm(self, model: ServedModel) -> None:
-        """An accelerator's model runs each of its batch sizes once more, on the inference
-        thread, before any batch (the executor runs in order): the CUDA provider's first pass
-        of a shape is slow on each thread (docs/benchmarks.md, "On a GPU")."""
-        if model.row_counts and model not in self._warmed:
-            self._warmed.add(model)
-            self.executor.submit(warm_up, model, model.row_counts)
 
     def publish(self) -> None:
         """mimo_model_info and mimo_queue_capacity of each served version; 0 once retired."""
@@ -109,7 +98,6 @@ class BatcherPool:
     def get(self, model: ServedModel, packed: bool = False) -> DynamicBatcher:
         batcher = self._batchers.get((model, packed))
         if batcher is None:
-            self.warm(model)  # (a version loaded since the start)
             batcher = DynamicBatcher(
                 batch_function(model, packed, self.cores),
                 self.executor,

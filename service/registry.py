@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,16 +40,21 @@ class ServedModel:
     # More threads for a batch of one (ModelRegistry's lone_threads): latency at low load,
     # while batches keep one session's threads per worker and do not oversubscribe the cores.
     lone_session: ort.InferenceSession | None = None
-    # The batch sizes its session runs at, batches padded up to them (an accelerator's:
-    # inference.row_counts); None: any size (the CPU's cost grows with each row).
-    row_counts: tuple[int, ...] | None = None
+    # Sessions by the one batch size each runs at (inference.row_counts), batches padded up
+    # (Settings.fixed_batch_sizes: on GPUs): ONNX Runtime's CUDA provider plans its
+    # convolutions again whenever a session's input shape changes, 30-45 ms a pass on an H200
+    # (docs/benchmarks.md, "On a GPU"). Empty: `session` runs every size.
+    fixed: dict[int, ort.InferenceSession] = field(default_factory=dict)
 
     def rows_for(self, n: int) -> int:
         """The rows a pass of `n` rows runs at."""
-        return rows_for(n, self.row_counts)
+        return rows_for(n, tuple(self.fixed))
 
-    def session_for(self, lone: bool) -> ort.InferenceSession:
-        """The lone session for a lone image, where there is one; else the batch session."""
+    def session_for(self, rows: int, lone: bool = False) -> ort.InferenceSession:
+        """The session of that batch size where sizes are fixed; else the lone session for a
+        lone image, where there is one, or the batch session."""
+        if self.fixed:
+            return self.fixed.get(rows, self.session)
         return self.lone_session if lone and self.lone_session is not None else self.session
 
     @property
@@ -73,7 +77,10 @@ def load_model(
     threads: int,
     warmup_batch: int,
     lone_threads: int = 0,
+    fixed_sizes: bool | None = None,
 ) -> ServedModel:
+    """A model version loaded, checked against the contract and warmed up; `fixed_sizes`
+    (None: on accelerators only) gives it a session per batch size (ServedModel.fixed)."""
     # Messages that reach clients name the file inside the repository, never the server's
     # own file system (`shown`); the log gets the full path.
     shown = f"{name}/{version}/model.onnx"
@@ -88,23 +95,23 @@ def load_model(
         ) from None
     contract = contract_of(session, shown)
     model = ServedModel(name, version, path, session, contract, provider_name(session))
+    zeros = np.zeros((1, *contract.input_shape), np.float32)
+    if model.provider != "cpu" if fixed_sizes is None else fixed_sizes:
+        for rows in row_counts(warmup_batch):
+            fixed = (
+                session if rows == warmup_batch else create_session(str(path), providers, threads)
+            )
+            model.fixed[rows] = fixed
+            forward(fixed, tile(zeros, contract.ensemble_size, rows))  # warm-up
+        return model
     if lone_threads and model.provider == "cpu":  # (Settings.lone_layout)
         model.lone_session = create_session(str(path), providers, lone_threads)
-    if model.provider != "cpu":
-        model.row_counts = row_counts(warmup_batch)
-    warm_up(model, model.row_counts or {1, warmup_batch})
+    for batch in {1, warmup_batch}:
+        # warm-up: the first runs allocate and tune
+        forward(session, tile(zeros, contract.ensemble_size, batch))
     if model.lone_session is not None:
-        zeros = np.zeros((1, *contract.input_shape), np.float32)
         forward(model.lone_session, tile(zeros, contract.ensemble_size))
     return model
-
-
-def warm_up(model: ServedModel, sizes: Iterable[int]) -> None:
-    """A pass at each batch size: the first runs allocate and tune (and on a GPU, the first
-    pass of each shape on each thread is slow: BatcherPool runs this again on its thread)."""
-    zeros = np.zeros((1, *model.contract.input_shape), np.float32)
-    for batch in sizes:
-        forward(model.session, tile(zeros, model.contract.ensemble_size, batch))
 
 
 class ModelRegistry:
@@ -115,8 +122,10 @@ class ModelRegistry:
         threads: int,
         warmup_batch: int,
         lone_threads: int = 0,
+        fixed_sizes: bool | None = None,
     ) -> None:
         self.root = Path(root)
+        self.fixed_sizes = fixed_sizes
         self.providers = providers
         self.threads = threads
         self.lone_threads = lone_threads
@@ -158,6 +167,7 @@ class ModelRegistry:
                     self.threads,
                     self.warmup_batch,
                     self.lone_threads,
+                    self.fixed_sizes,
                 )
             except (ContractError, ProviderError) as exc:
                 failed[f"{name}/{version}"] = str(exc)

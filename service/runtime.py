@@ -21,9 +21,10 @@ SHORT = {CPU: "cpu", CUDA: "cuda", TENSORRT: "tensorrt"}
 
 
 # Measured on an H200 (docs/benchmarks.md, "On a GPU"): cuDNN's EXHAUSTIVE search, ONNX
-# Runtime's default, spent ~300 ms on the first pass of each new batch size for a WRN-16-4 and
-# then ran no faster than HEURISTIC (~50 ms); TF32 matmuls and convolutions left the answers
-# 2e-4 from the CPU's, fp32 1e-5 or less.
+# Runtime's default, spent 160-400 ms planning a WRN-16-4 at each new batch size and then ran
+# it slower (11.7 against 7.4 ms at batch 256) than HEURISTIC (30-60 ms); TF32 left /predict's
+# probabilities 2e-4 from the CPU's, fp32 7e-7 (TF32 would run a pass ~2x faster, but the
+# service's throughput there is bound by its HTTP work, not the GPU).
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}
 
 

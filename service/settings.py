@@ -60,6 +60,14 @@ class Settings(BaseSettings):
         "busy workers (`python -m service`), else none; not above MIMO_THREADS: none",
     )
     providers: Providers = Field("auto", description="execution providers to ask for")
+    fixed_batch_sizes: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="run forward passes at a few batch sizes only (powers of two up to "
+        "MIMO_MAX_BATCH_SIZE), one ONNX Runtime session each, batches padded up: ONNX Runtime's "
+        "CUDA provider plans its convolutions again at every change of input shape (30-45 ms "
+        "a pass on an H200); auto: on for GPUs, off on the CPU (where a padded row costs its "
+        "full price and nothing is planned)",
+    )
     api_key: SecretStr | None = Field(None, description="require `Authorization: Bearer <key>`")
     model_control: Literal["none", "explicit"] = Field(
         "none",
@@ -109,6 +117,10 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
+
+    def fixed_sizes(self) -> bool | None:
+        """ModelRegistry's `fixed_sizes`: None leaves it to each model's provider."""
+        return {"auto": None, "on": True, "off": False}[self.fixed_batch_sizes]
 
     def process_layout(self) -> tuple[int, int]:
         """(workers, ONNX Runtime threads per worker) for the cores this process may use.

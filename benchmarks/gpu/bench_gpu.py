@@ -410,32 +410,36 @@ def conv_search(path: Path) -> dict[str, Any]:
     return found
 
 
-def first_pass_per_thread(path: Path, provider: str = "cuda") -> dict[str, Any]:
-    """Is the CUDA provider's slow first pass of a shape paid once per session, or again on
-    each thread that runs it? Every size warmed on this thread, then timed on two new ones."""
+def shape_changes(path: Path, provider: str = "cuda") -> dict[str, Any]:
+    """ms per pass when the batch size changes at every pass (as a dynamic batcher's do):
+    on one session (the CUDA provider plans its convolutions again at each change of shape),
+    and on the service's session per size (ServedModel.fixed), also from a new thread."""
     import threading
 
-    from service.inference import row_counts
-    from service.runtime import create_session
+    from service.registry import load_model
 
-    session = create_session(str(path), provider, 1)
-    sizes = row_counts(32)
-    inputs = {b: random_input(session, b) for b in sizes}
+    model = load_model(path, "cifar", 1, provider, 1, 32, fixed_sizes=True)
+    sizes = sorted(model.fixed)
+    inputs = {b: random_input(model.session, b) for b in sizes}
     found: dict[str, Any] = {}
 
-    def timed(label: str) -> None:
-        found[label] = {}
-        for b in sizes:
-            t = time.perf_counter()
-            session.run(["logits"], {"images": inputs[b]})
-            found[label][str(b)] = (time.perf_counter() - t) * 1000
+    def alternate(label: str, session_for: Callable[[int], Any]) -> None:
+        times = []
+        for _ in range(3):
+            for b in sizes:
+                t = time.perf_counter()
+                session_for(b).run(["logits"], {"images": inputs[b]})
+                times.append((time.perf_counter() - t) * 1000)
+        found[label] = {"median_ms": statistics.median(times), "max_ms": max(times)}
 
-    timed("first, loading thread")
-    timed("again, loading thread")
-    for label in ("first, new thread A", "again, thread A", "first, new thread B"):
-        worker = threading.Thread(target=timed, args=(label,))
-        worker.start()
-        worker.join()
+    alternate("one session, size changing every pass", lambda b: model.session)
+    alternate("a session per size", lambda b: model.fixed[b])
+    worker = threading.Thread(
+        target=alternate, args=("a session per size, new thread", lambda b: model.fixed[b])
+    )
+    worker.start()
+    worker.join()
+    found["sizes"] = sizes
     return found
 
 
@@ -542,7 +546,7 @@ def render(data: dict[str, Any]) -> str:
             f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in derived.items()
         ]
         lines.append("")
-    for key in ("conv_search", "binding_and_graphs", "first_pass_ms", "skipped", "errors"):
+    for key in ("conv_search", "binding_and_graphs", "shape_changes", "skipped", "errors"):
         if data.get(key):
             lines += [f"## {key}", "", "```", json.dumps(data[key], indent=1), "```", ""]
     lines.append(f"elapsed {data.get('elapsed_s')} s")
@@ -728,13 +732,13 @@ def main(argv: list[str] | None = None) -> None:
                         n, binding_and_graphs(repos[n] / n / "1" / "model.onnx", raw_s)
                     ),
                 )
-        if gpu == "cuda" and cifar:
+        if cifar:
             step(
                 report,
                 deadline,
-                "first pass per thread",
-                15,
-                lambda: report.data.__setitem__("first_pass_ms", first_pass_per_thread(cifar)),
+                "shape changes",
+                20,
+                lambda: report.data.__setitem__("shape_changes", shape_changes(cifar, gpu)),
             )
         runs = report.data.setdefault("load", [])
         # in order of what matters: the ensemble on both providers, M=1, then packed mode

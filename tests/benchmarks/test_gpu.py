@@ -159,6 +159,7 @@ def test_the_measurement_runs_on_the_cpu(tmp_path: Path) -> None:
     said = result["checks"]["/models of cifar-m1@cpu"]
     assert said == {"providers": {"cifar-m1": "cpu"}, "unavailable": {}}
     assert "service M=3 / M=1 time per image at c=4" in result["derived"]
+    assert result["shape_changes"]["sizes"] == [1, 2, 4, 8, 16, 32]
     assert sorted(p.name for p in out.iterdir()) == ["gpu.json", "gpu.md", "log.txt", "servers.txt"]
     assert "| cifar | cpu |" in (out / "gpu.md").read_text()
 

@@ -87,3 +87,32 @@ def test_bad_mode_is_a_400(client: TestClient, digit_pngs: list[tuple[bytes, int
     )
     assert answer.status_code == 400
     assert "mode" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("mode", ["ensemble", "packed"])
+def test_fixed_batch_sizes_answer_as_any_size_does(
+    client: TestClient,
+    model_repository: Path,
+    digit_pngs: list[tuple[bytes, int]],
+    mode: str,
+) -> None:
+    """MIMO_FIXED_BATCH_SIZES=on (a GPU's default) pads each batch up to a session's size:
+    the padding's answers never reach a client, and the images' answers do not change."""
+    settings = Settings(
+        repository=model_repository,
+        default_model="digits",
+        threads=1,
+        max_batch_size=8,
+        fixed_batch_sizes="on",
+    )
+    files = [("file", (f"{i}.png", d, "image/png")) for i, (d, _) in enumerate(digit_pngs[:5])]
+    params = {"mode": mode, "top_k": 10}
+    with TestClient(create_app(settings)) as fixed:
+        padded = fixed.post("/predict", files=files, params=params)
+    plain = client.post("/predict", files=files, params=params)
+    assert padded.status_code == plain.status_code == 200
+    a, b = padded.json()["predictions"], plain.json()["predictions"]
+    assert len(a) == len(b) == 5
+    for x, y in zip(a, b, strict=True):
+        assert x["index"] == y["index"] and x.get("head") == y.get("head")
+        assert x["probability"] == pytest.approx(y["probability"], abs=1e-5)

@@ -253,8 +253,9 @@ def test_a_lone_image_runs_on_a_session_with_more_threads(repository_copy: Path)
     assert model.lone_session is not None
     assert model.session.get_session_options().intra_op_num_threads == 1
     assert model.lone_session.get_session_options().intra_op_num_threads == 2
-    assert model.session_for(lone=True) is model.lone_session
-    assert model.session_for(lone=False) is model.session
+    assert model.session_for(1, lone=True) is model.lone_session
+    assert model.session_for(1, lone=False) is model.session
+    assert not model.fixed and model.rows_for(3) == 3  # the CPU runs any batch size
     image = np.random.default_rng(0).random((1, *model.contract.input_shape), np.float32)
     inputs = tile(image, model.contract.ensemble_size)
     np.testing.assert_allclose(
@@ -267,3 +268,22 @@ def test_a_lone_image_runs_on_a_session_with_more_threads(repository_copy: Path)
     plain = ModelRegistry(repository_copy, "cpu", 2, 4, lone_threads=0)  # (Settings.lone_layout)
     plain.load_all()
     assert plain.get("digits", None).lone_session is None
+
+
+def test_fixed_batch_sizes_give_a_session_per_size(repository_copy: Path) -> None:
+    """Settings.fixed_batch_sizes (on by default for GPUs): one session per power of two up to
+    the batch limit, each warmed; a batch runs on the session of the first size that holds it."""
+    from service.inference import forward, tile
+
+    registry = ModelRegistry(repository_copy, "cpu", 1, 6, lone_threads=2, fixed_sizes=True)
+    registry.load_all()
+    model = registry.get("digits", None)
+    assert sorted(model.fixed) == [1, 2, 4, 6]
+    assert len({id(s) for s in model.fixed.values()}) == 4  # one session each
+    assert model.fixed[6] is model.session and model.lone_session is None
+    assert [model.rows_for(n) for n in (1, 2, 3, 5, 6)] == [1, 2, 4, 6, 6]
+    assert model.session_for(4, lone=True) is model.fixed[4]
+    images = np.random.default_rng(0).random((3, *model.contract.input_shape), np.float32)
+    m = model.contract.ensemble_size
+    padded = forward(model.session_for(4), tile(images, m, 4))[:3]
+    np.testing.assert_allclose(padded, forward(model.session, tile(images, m)), atol=1e-5)
