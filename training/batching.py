@@ -11,6 +11,8 @@ after augmentation keeps shared rows pixel-identical across heads.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -70,3 +72,14 @@ def agreement_loss(logits: torch.Tensor) -> torch.Tensor:
     gram = torch.einsum("nik,njk->nij", p, p)  # [N, M, M]
     off_diagonal = gram.sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(dim=1)
     return (off_diagonal / (m * (m - 1))).mean()
+
+
+def uniform_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Outlier exposure (Hendrycks, Mazeika & Dietterich, 2019): each head's cross-entropy to
+    the uniform distribution on outlier inputs, less its least value log K (0 when a head's
+    prediction is uniform), averaged over inputs and heads. logits [N, M, K]."""
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    return (-log_p.mean(dim=-1) - math.log(logits.shape[-1])).mean()
+
+
+OUTLIER_LOSSES = {"agreement": agreement_loss, "uniform": uniform_loss}

@@ -17,13 +17,30 @@ from training.data import ImageDataset, load_dataset, split_validation
 from training.predictor import OnnxPredictor, as_float
 
 
+def uncertainty_scores(logits: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
+    """Every signal a model offers, higher = less sure: the contract's measures that rank
+    images (a single network's mutual information is 0) and 1 - max probability."""
+    u = ensemble_uncertainty(logits, temperature)
+    return {
+        "mutual_information": u.mutual_information,
+        "predictive_entropy": u.predictive_entropy,
+        "expected_entropy": u.expected_entropy,
+        "max_probability": 1.0 - u.probabilities.max(axis=1),
+    }
+
+
 def calibrate(val_logits: np.ndarray, val_labels: np.ndarray) -> dict[str, Any]:
-    """Temperature fitted on validation data, and the 95th percentiles at that temperature."""
+    """Temperature fitted on validation data, and the 95th percentiles at that temperature:
+    of the contract's measures (`thresholds`, the served flag's) and of every signal
+    (`score_thresholds`: each flags 5 % of validation images)."""
     temperature = metrics.fit_temperature(val_logits, val_labels)
     u = ensemble_uncertainty(val_logits, temperature)
     return {
         "temperature": temperature,
         "thresholds": metrics.percentile_thresholds(u.measures(), 95.0),
+        "score_thresholds": metrics.percentile_thresholds(
+            uncertainty_scores(val_logits, temperature), 95.0
+        ),
     }
 
 

@@ -42,9 +42,12 @@ class TrainConfig:
     # augmentation, applied to the unique examples before the MIMO gather
     augment: str = "shift"  # none | shift (+-shift px) | crop_flip (pad 4, crop, h-flip)
     shift: int = 2
-    # outlier disagreement: penalise heads agreeing on synthetic non-images
-    outlier_weight: float = 0.0  # 0 disables; the loss is weight * P(two heads agree)
+    # outlier loss on synthetic non-images (training.ood's training families)
+    outlier_weight: float = 0.0  # 0 disables; the loss is weight * the outlier loss below
     outlier_fraction: float = 0.125  # outliers per step, as a fraction of the step's rows
+    # agreement: P(two heads agree), pushed down (needs M >= 2); uniform: each head's
+    # cross-entropy to the uniform distribution, outlier exposure (Hendrycks et al., 2019)
+    outlier_loss: str = "agreement"
     # run
     precision: str = "auto"  # auto (fp32 on CPU, bf16/fp16 on CUDA) | bf16 | fp16 | fp32
     device: str = "auto"  # auto | cpu | cuda

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from service.contract import contract_of
 from service.uncertainty import ensemble_uncertainty
 from training import metrics
-from training.calibration import calibrate, validation_split
+from training.calibration import calibrate, uncertainty_scores, validation_split
 from training.checkpoint import config_from_dict, load_checkpoint, model_from_checkpoint
 from training.conversion import to_onnx_bytes
 from training.corruptions import CORRUPTIONS, corrupt
@@ -29,7 +29,7 @@ from training.files import write_atomic
 from training.ood import EVALUATION_FAMILIES, TRAINING_FAMILIES, invert, make_ood
 from training.predictor import OnnxPredictor, as_float
 
-SCORES = ("mutual_information", "predictive_entropy", "max_probability")
+SCORES = ("mutual_information", "predictive_entropy", "expected_entropy", "max_probability")
 
 
 def classification_metrics(
@@ -55,13 +55,21 @@ def classification_metrics(
     }
 
 
-def uncertainty_scores(logits: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
-    u = ensemble_uncertainty(logits, temperature)
-    return {
-        "mutual_information": u.mutual_information,
-        "predictive_entropy": u.predictive_entropy,
-        "max_probability": 1.0 - u.probabilities.max(axis=1),
-    }
+def misclassification(
+    scores: dict[str, np.ndarray], correct: np.ndarray, thresholds: dict[str, float]
+) -> dict[str, Any]:
+    """Per signal: how it ranks wrong answers (metrics.selective_metrics) and, at the threshold
+    that flags 5 % of validation images, the share of answers wrong and not flagged (silent
+    errors) and the share of wrong answers flagged."""
+    out: dict[str, Any] = {}
+    for score in SCORES:
+        found = metrics.selective_metrics(scores[score], correct)
+        if score in thresholds:
+            flagged = scores[score] > thresholds[score]
+            found["silent_errors"] = float((~correct & ~flagged).mean())
+            found["errors_flagged"] = float(flagged[~correct].mean()) if (~correct).any() else 1.0
+        out[score] = found
+    return out
 
 
 def evaluate(
@@ -92,18 +100,30 @@ def evaluate(
     result["clean"]["uncertain_fraction"] = float(
         (in_scores["mutual_information"] > mi_threshold).mean()
     )
+    # (an exported model's contract has the measures' thresholds only: no max-probability one)
+    flag_at = calibration.get("score_thresholds", calibration["thresholds"])
+    probabilities = ensemble_uncertainty(logits, temperature).probabilities
+    correct = probabilities.argmax(axis=1) == test.labels
+    result["misclassification"] = {"clean": misclassification(in_scores, correct, flag_at)}
 
     # Corrupted: every corruption at 5 severities on the same (first) test images.
     subset = slice(0, min(corruption_limit, len(test)))
     by_corruption: dict[str, dict[str, Any]] = {}
     rows = []
+    pooled_scores: dict[str, list[np.ndarray]] = {score: [] for score in SCORES}
+    pooled_correct = []
     for name in tqdm(CORRUPTIONS, desc="corruptions", leave=False):
         by_corruption[name] = {}
         for severity in range(1, 6):
             x = corrupt(x_test[subset], name, severity, seed=seed)
-            r = classification_metrics(predictor(x), test.labels[subset])
+            z = predictor(x)
+            r = classification_metrics(z, test.labels[subset])
             by_corruption[name][str(severity)] = r
             rows.append(r)
+            for score, values in uncertainty_scores(z, temperature).items():
+                pooled_scores[score].append(values)
+            p = ensemble_uncertainty(z, temperature).probabilities
+            pooled_correct.append(p.argmax(axis=1) == test.labels[subset])
     result["corrupted"] = {
         "images": subset.stop,
         "mean": {
@@ -111,6 +131,11 @@ def evaluate(
         },
         "by_corruption": by_corruption,
     }
+    result["misclassification"]["corrupted"] = misclassification(
+        {score: np.concatenate(v) for score, v in pooled_scores.items()},
+        np.concatenate(pooled_correct),
+        flag_at,
+    )
 
     # Out of distribution: synthetic families never used for training, and inverted test images.
     ood_sets = {
@@ -131,6 +156,11 @@ def evaluate(
         entry["uncertain_fraction"] = float(
             (out_scores["mutual_information"] > mi_threshold).mean()
         )
+        entry["flagged"] = {
+            score: float((out_scores[score] > flag_at[score]).mean())
+            for score in SCORES
+            if score in flag_at
+        }
         result["ood"][name] = entry
     held_out = [k for k in result["ood"] if "training family" not in k]
     result["ood_mean"] = {
@@ -143,6 +173,10 @@ def evaluate(
     result["ood_mean"]["uncertain_fraction"] = float(
         np.mean([result["ood"][k]["uncertain_fraction"] for k in held_out])
     )
+    result["ood_mean"]["flagged"] = {
+        score: float(np.mean([result["ood"][k]["flagged"][score] for k in held_out]))
+        for score in result["ood"][held_out[0]]["flagged"]
+    }
 
     result["inference"] = {
         "forward_passes": predictor.forward_passes,

@@ -10,7 +10,7 @@ Pure numpy apart from the 1-D optimiser used by :func:`fit_temperature`.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -198,3 +198,38 @@ def percentile_thresholds(measures: dict[str, np.ndarray], q: float = 95.0) -> d
         name: float(np.percentile(np.asarray(v, dtype=np.float64), q))
         for name, v in measures.items()
     }
+
+
+COVERAGES = (0.8, 0.9, 0.95)
+
+
+def selective_metrics(scores: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
+    """How well an uncertainty score (higher = less sure) tells wrong answers from right ones.
+
+    `auroc`: the chance that a wrong answer scores above a right one (misclassification
+    detection; ties count half). Answering the least uncertain first, the risk-coverage curve
+    gives `aurc` (the mean selective risk: errors over answers kept) and `augrc` (Traub et
+    al., 2024: the mean generalised risk, errors kept over all inputs), both lower = better,
+    each averaged over the N coverages k/N; and the accuracy of the answers kept at 80, 90 and
+    95 % coverage. Tied scores are taken in their input order.
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    ok = np.asarray(correct, dtype=bool).ravel()
+    if s.size == 0 or s.size != ok.size:
+        raise ValueError(
+            f"selective_metrics needs as many scores as answers, got {s.size}, {ok.size}"
+        )
+    if not np.all(np.isfinite(s)):
+        raise ValueError("selective_metrics scores must be finite")
+    errors = np.cumsum(~ok[np.argsort(s, kind="stable")])  # errors among the k surest
+    kept = np.arange(1, s.size + 1)
+    out: dict[str, Any] = {
+        "auroc": ood_metrics(s[ok], s[~ok])["auroc"] if ok.any() and (~ok).any() else 0.5,
+        "aurc": float(np.mean(errors / kept)),
+        "augrc": float(np.mean(errors / s.size)),
+        "error_rate": float(1.0 - ok.mean()),
+    }
+    for coverage in COVERAGES:
+        k = max(1, math.ceil(coverage * s.size - 1e-9))
+        out[f"accuracy_at_{round(coverage * 100)}"] = float(1.0 - errors[k - 1] / k)
+    return out

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from training.augment import augment
-from training.batching import agreement_loss, mimo_batch, mimo_loss
+from training.batching import OUTLIER_LOSSES, mimo_batch, mimo_loss
 from training.checkpoint import config_from_dict, load_checkpoint, save_atomic
 from training.config import TrainConfig
 from training.data import ImageDataset, load_dataset, preprocess_spec, split_validation
@@ -93,6 +93,20 @@ def validate(model: MimoNetwork, data: ImageDataset, device: torch.device) -> di
 
 def train(config: TrainConfig, resume: str | None = None) -> Path:
     """Train, checkpointing every epoch into config.out_dir; returns the final checkpoint."""
+    outlier_loss = OUTLIER_LOSSES.get(config.outlier_loss)
+    if outlier_loss is None:
+        raise ValueError(
+            f"unknown outlier_loss {config.outlier_loss!r}: use {' or '.join(OUTLIER_LOSSES)}"
+        )
+    if (
+        config.outlier_weight > 0
+        and config.outlier_loss == "agreement"
+        and config.ensemble_size < 2
+    ):
+        raise ValueError(
+            "the agreement outlier loss needs two heads or more (ensemble_size >= 2); a single "
+            "network takes --outlier-loss uniform (outlier exposure)"
+        )
     # ---- processes: plain, or one of several under torchrun ----
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = resolve_device(config.device)
@@ -238,7 +252,7 @@ def train(config: TrainConfig, resume: str | None = None) -> Path:
                 logits = net(x)  # [rows (+ outliers), M, K]
             loss = mimo_loss(logits[:n_rows], y)
             if config.outlier_weight > 0:
-                loss = loss + config.outlier_weight * agreement_loss(logits[n_rows:])
+                loss = loss + config.outlier_weight * outlier_loss(logits[n_rows:])
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

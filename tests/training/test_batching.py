@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from training.batching import agreement_loss, mimo_batch, mimo_indices, mimo_loss
+from training.batching import (
+    agreement_loss,
+    mimo_batch,
+    mimo_indices,
+    mimo_loss,
+    uniform_loss,
+)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -212,3 +220,14 @@ def test_agreement_matches_the_pairwise_definition() -> None:
     pairs = [(a, b) for a in range(M) for b in range(M) if a != b]
     expected = sum((p[:, a] * p[:, b]).sum(-1) for a, b in pairs) / len(pairs)
     torch.testing.assert_close(agreement_loss(logits), expected.mean())
+
+
+def test_uniform_loss_is_zero_at_uniform_and_grows_with_confidence() -> None:
+    K = 10
+    assert uniform_loss(torch.zeros(4, 3, K)).item() == pytest.approx(0.0, abs=1e-6)
+    sure = torch.zeros(2, 1, K)
+    sure[:, :, 0] = 10.0
+    # -mean_k log p_k - log K, by hand for logits (10, 0, ..., 0)
+    log_z = math.log(math.exp(10.0) + K - 1)
+    expected = -(10.0 - K * log_z) / K - math.log(K)
+    assert uniform_loss(sure).item() == pytest.approx(expected, rel=1e-5)

@@ -160,6 +160,23 @@ def test_evaluate_writes_complete_metrics(result: dict[str, Any], test_set: Imag
         expected = np.mean([result["ood"][k][score]["auroc"] for k in held_out])
         assert result["ood_mean"][score]["auroc"] == pytest.approx(expected)
     assert 0 <= result["ood_mean"]["uncertain_fraction"] <= 1
+    # every signal flags about 5 % of validation images; on OOD sets, its share flagged
+    assert set(result["score_thresholds"]) == set(SCORES)
+    assert set(result["ood_mean"]["flagged"]) == set(SCORES)
+    for entry in result["ood"].values():
+        assert all(0 <= v <= 1 for v in entry["flagged"].values())
+
+    # misclassification detection and selective prediction, clean and corrupted, per signal
+    for split in ("clean", "corrupted"):
+        found = result["misclassification"][split]
+        assert set(found) == set(SCORES), split
+        for score, m in found.items():
+            assert 0 <= m["auroc"] <= 1 and 0 <= m["augrc"] <= m["aurc"] <= 1, (split, score)
+            assert 0 <= m["silent_errors"] <= m["error_rate"], (split, score)
+    clean_error = 1 - result["clean_calibrated"]["accuracy"]
+    assert result["misclassification"]["clean"]["max_probability"]["error_rate"] == pytest.approx(
+        clean_error
+    )
 
     inference = result["inference"]
     assert inference["forward_passes"] == 1

@@ -15,6 +15,8 @@ from training.experiments.grid import GridPoint, parse, points
         GridPoint(1.0, 1),
         GridPoint(0.5, 2, 0.5, seed=2),
         GridPoint(2.0, 3, 0.0, outlier=True, seed=11),
+        GridPoint(1.0, 1, outlier=True, seed=2, oe=True),
+        GridPoint(1.0, 3, 0.5, outlier=True, oe=True),
     ],
 )
 def test_names_round_trip(point: GridPoint) -> None:
@@ -25,6 +27,7 @@ def test_names_round_trip(point: GridPoint) -> None:
 def test_names_are_the_documented_ones() -> None:
     assert GridPoint(0.5, 3, 0.5, outlier=True, seed=1).name == "w0.5-m3-rho0.5-outlier-s1"
     assert GridPoint(1.0, 1).name == "w1-m1-rho0-plain-s0"
+    assert GridPoint(1.0, 1, outlier=True, seed=2, oe=True).name == "w1-m1-rho0-oe-s2"
 
 
 def _flag(flags: tuple[str, ...], name: str) -> str | None:
@@ -40,7 +43,10 @@ def test_flags_train_what_the_name_says() -> None:
     assert _flag(flags, "--input-repetition") == "0.5"
     assert _flag(flags, "--batch-repetition") == str(PRESETS["mnist"].batch_repetition)
     assert _flag(flags, "--outlier-weight") == "1.0"
+    assert _flag(flags, "--outlier-loss") == "agreement"
     assert _flag(flags, "--seed") == "4"
+    single = GridPoint(1.0, 1, outlier=True, oe=True).flags()
+    assert _flag(single, "--outlier-loss") == "uniform" and _flag(single, "--ensemble-size") == "1"
     # Every run holds out the same validation split, so deep ensembles of them calibrate.
     assert _flag(flags, "--val-seed") == "0"
 
@@ -53,11 +59,12 @@ def test_the_deterministic_network_has_no_batch_repetition_nor_outliers() -> Non
 
 def test_points_cover_the_grid_seeds_outer() -> None:
     grid = points((0.5, 1.0), (0, 1))
-    assert len(grid) == len(set(grid)) == 2 * 2 * (1 + 2 * 2 + 2)
+    assert len(grid) == len(set(grid)) == 2 * 2 * (2 + 2 * 2 + 3)
     assert [p.seed for p in grid] == sorted(p.seed for p in grid)
-    # rho and the outlier loss only exist with several heads.
-    assert all(p.rho == 0 and not p.outlier for p in grid if p.ensemble_size == 1)
-    assert {p.ensemble_size for p in grid if p.outlier} == {3}
+    # rho and the agreement loss only exist with several heads; outlier exposure on both.
+    assert all(p.rho == 0 and (p.oe or not p.outlier) for p in grid if p.ensemble_size == 1)
+    assert {p.ensemble_size for p in grid if p.outlier and not p.oe} == {3}
+    assert {(p.ensemble_size, p.rho) for p in grid if p.oe} == {(1, 0.0), (3, 0.5)}
     assert {(p.width, p.ensemble_size, p.rho) for p in grid if not p.outlier} == {
         (w, m, r) for w in (0.5, 1.0) for m in (1, 2, 3) for r in (0.0, 0.5) if m > 1 or r == 0
     }

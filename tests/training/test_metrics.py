@@ -16,6 +16,7 @@ from training.metrics import (
     ood_metrics,
     percentile_thresholds,
     reliability_bins,
+    selective_metrics,
     softmax,
 )
 
@@ -161,3 +162,25 @@ def test_shape_errors() -> None:
         ensemble_nll(np.zeros((3, 2)), np.array([0, 1, 0]))
     with pytest.raises(ValueError):
         ood_metrics(np.array([]), np.array([1.0]))
+
+
+def test_selective_metrics_hand_computed() -> None:
+    # ranked by score: right, right, wrong, right
+    found = selective_metrics(np.array([0.1, 0.2, 0.3, 0.4]), np.array([1, 1, 0, 1]))
+    assert found["auroc"] == pytest.approx(2 / 3)  # the wrong one outscores 2 of 3 right ones
+    assert found["aurc"] == pytest.approx((0 + 0 + 1 / 3 + 1 / 4) / 4)  # errors / kept
+    assert found["augrc"] == pytest.approx((0 + 0 + 1 / 4 + 1 / 4) / 4)  # errors kept / all
+    assert found["error_rate"] == pytest.approx(0.25)
+    # 80, 90 and 95 % of 4 answers keep all 4 (ceil)
+    assert found["accuracy_at_80"] == found["accuracy_at_95"] == pytest.approx(0.75)
+
+
+def test_selective_metrics_perfect_and_error_free() -> None:
+    perfect = selective_metrics(np.array([0.9, 0.1, 0.2]), np.array([0, 1, 1]))
+    assert perfect["auroc"] == 1.0
+    assert perfect["aurc"] == pytest.approx((0 + 0 + 1 / 3) / 3)
+    right = selective_metrics(np.arange(10.0), np.ones(10, bool))
+    assert right["auroc"] == 0.5 and right["aurc"] == right["augrc"] == 0.0
+    assert right["accuracy_at_90"] == 1.0
+    with pytest.raises(ValueError, match="as many scores as answers"):
+        selective_metrics(np.zeros(3), np.ones(2, bool))

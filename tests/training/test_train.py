@@ -100,6 +100,17 @@ def test_outlier_loss_runs_and_max_steps_stops(tmp_path: Path) -> None:
     assert checkpoint["config"]["outlier_weight"] == 1.0
 
 
+def test_outlier_exposure_trains_a_single_network(tmp_path: Path) -> None:
+    config = digits(tmp_path, ensemble_size=1, outlier_weight=1.0, outlier_loss="uniform")
+    checkpoint = run(replace(config, epochs=2, max_steps=8))
+    assert math.isfinite(checkpoint["history"][0]["loss"])
+    assert checkpoint["config"]["outlier_loss"] == "uniform"
+    with pytest.raises(ValueError, match="a single network takes --outlier-loss uniform"):
+        train(replace(config, outlier_loss="agreement"))
+    with pytest.raises(ValueError, match="unknown outlier_loss 'kl'"):
+        train(replace(config, outlier_loss="kl"))
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("optimizer", "lion", "unknown optimizer"), ("schedule", "cosine", "unknown schedule")],

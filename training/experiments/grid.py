@@ -23,11 +23,14 @@ class GridPoint:
     rho: float = 0.0
     outlier: bool = False
     seed: int = 0
+    # the outlier loss is outlier exposure (each head's cross-entropy to the uniform
+    # distribution, Hendrycks et al. 2019), not the heads' agreement
+    oe: bool = False
 
     @property
     def config(self) -> str:
         """The name without the seed: the runs of one configuration share it."""
-        kind = "outlier" if self.outlier else "plain"
+        kind = ("oe" if self.oe else "outlier") if self.outlier else "plain"
         return f"w{self.width:g}-m{self.ensemble_size}-rho{self.rho:g}-{kind}"
 
     @property
@@ -51,6 +54,7 @@ class GridPoint:
         )  # fmt: skip
         if self.outlier:
             flags += ("--outlier-weight", "1.0")
+            flags += ("--outlier-loss", "uniform" if self.oe else "agreement")
         return flags
 
 
@@ -60,21 +64,26 @@ def points(
     """Every configuration, cheapest first within a seed; seeds outer so that an interrupted
     grid has every configuration with fewer seeds.
 
-    rho and the outlier loss only exist with several heads; the outlier loss is run at
-    M = `outlier_m` (the default model's M), where it is what the service's flag relies on.
+    rho and the agreement loss only exist with several heads; the outlier losses are run at
+    M = `outlier_m` (the default model's M), where they are what the service's flag relies
+    on. Outlier exposure (the uniform target) also trains the single network: the cheap
+    alternative MIMO's flag is measured against, on the same outliers and budget.
     """
     out = []
     for seed in seeds:
         for width in widths:
             out.append(GridPoint(width, 1, seed=seed))
+            out.append(GridPoint(width, 1, outlier=True, seed=seed, oe=True))
             for m, rho in product((m for m in ENSEMBLE_SIZES if m > 1), RHOS):
                 out.append(GridPoint(width, m, rho, seed=seed))
             for rho in RHOS:
                 out.append(GridPoint(width, outlier_m, rho, outlier=True, seed=seed))
+            out.append(GridPoint(width, outlier_m, 0.5, outlier=True, seed=seed, oe=True))
     return out
 
 
 def parse(name: str) -> GridPoint:
     """The point a run name stands for (inverse of GridPoint.name)."""
     w, m, rho, kind, s = name.split("-")
-    return GridPoint(float(w[1:]), int(m[1:]), float(rho[3:]), kind == "outlier", int(s[1:]))
+    outlier = kind in ("outlier", "oe")
+    return GridPoint(float(w[1:]), int(m[1:]), float(rho[3:]), outlier, int(s[1:]), kind == "oe")

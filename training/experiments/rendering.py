@@ -43,9 +43,10 @@ class Config(Runs):
     @property
     def label(self) -> str:
         p = self.point
+        loss = (" +OE" if p.oe else " +outlier") if p.outlier else ""
         if p.is_deterministic:
-            return "deterministic"
-        return f"M={p.ensemble_size} rho={p.rho:g}" + (" +outlier" if p.outlier else "")
+            return "deterministic" + loss
+        return f"M={p.ensemble_size} rho={p.rho:g}" + loss
 
 
 @dataclass
