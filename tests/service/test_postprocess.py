@@ -125,7 +125,11 @@ def test_a_pass_on_the_event_loop_records_after_its_answer() -> None:
 
     labels = ("postprocess-loop", "1")
     model = SimpleNamespace(
-        contract=CONTRACT, labels=labels, session_for=lambda lone: Session(), ensemble_size=3
+        contract=CONTRACT,
+        labels=labels,
+        session_for=lambda rows, lone: Session(),
+        rows_for=lambda n: n,
+        ensemble_size=3,
     )
     run = batch_function(model, packed=False)  # type: ignore[arg-type]
     image = np.zeros((1, 1, 2, 2), np.float32)
