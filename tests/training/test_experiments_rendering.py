@@ -107,3 +107,48 @@ def test_model_card_states_the_recipe_and_the_numbers() -> None:
     assert "M=3" in card and "99.48%" in card and "0.0165 / 0.0041" in card
     assert "outlier-disagreement loss" in card
     assert "about 30 minutes" in card
+
+
+def scored(m: dict[str, Any], wrong_auroc: float, ood_auroc: float) -> dict[str, Any]:
+    """`m` with every signal's misclassification and OOD figures (session 8's records)."""
+    signals = ("mutual_information", "predictive_entropy", "expected_entropy", "max_probability")
+    each = {
+        "auroc": wrong_auroc,
+        "aurc": 0.004,
+        "augrc": 0.02,
+        "silent_errors": 0.05,
+        "accuracy_at_90": 0.6,
+    }
+    m = json.loads(json.dumps(m))
+    m["misclassification"] = {"clean": dict.fromkeys(signals, each)}
+    m["misclassification"]["corrupted"] = dict.fromkeys(signals, each)
+    m["ood_mean"] |= {s: {"auroc": ood_auroc} for s in signals}
+    m["ood_mean"]["flagged"] = dict.fromkeys(signals, 0.9)
+    return m
+
+
+def test_every_signal_of_the_scored_models_is_tabled(tmp_path: Path) -> None:
+    write(tmp_path, GridPoint(1.0, 1), metrics(0.02, 0.002))  # an older record: not scored
+    oe = GridPoint(1.0, 1, outlier=True, oe=True)
+    write(tmp_path, oe, scored(metrics(0.02, 0.002), 0.91, 0.97))
+    write(
+        tmp_path,
+        GridPoint(1.0, 3, 0.5, outlier=True),
+        scored(metrics(0.02, 0.002, heads=3), 0.93, 0.99),
+    )
+    notes = tmp_path / "notes.md"
+    notes.write_text("")
+    output = tmp_path / "results.md"
+    render(output, notes, records=tmp_path)
+    section = output.read_text().split("### Every signal")[1]
+    rows = [r for r in section.splitlines() if r.startswith("| 1 |")]
+    # the single network: its two signals; MIMO: all four; the unscored record: none
+    assert [r.split(" | ")[1:3] for r in rows] == [
+        ["deterministic +OE", "predictive entropy"],
+        ["deterministic +OE", "1 - max probability"],
+        ["M=3 rho=0.5 +outlier", "mutual information"],
+        ["M=3 rho=0.5 +outlier", "predictive entropy"],
+        ["M=3 rho=0.5 +outlier", "expected entropy"],
+        ["M=3 rho=0.5 +outlier", "1 - max probability"],
+    ]
+    assert rows[0].split(" | ")[4:6] == ["0.910", "0.910"] and "| 4.00 |" in rows[0]
