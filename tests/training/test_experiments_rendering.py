@@ -136,10 +136,16 @@ def test_every_signal_of_the_scored_models_is_tabled(tmp_path: Path) -> None:
         GridPoint(1.0, 3, 0.5, outlier=True),
         scored(metrics(0.02, 0.002, heads=3), 0.93, 0.99),
     )
+    ensemble = {
+        "ensemble": {"width": 1.0, "seeds": [0, 1, 2], "oe": True},
+        "metrics": scored(metrics(0.01, 0.001), 0.92, 0.98),
+    }
+    (tmp_path / "grid" / "w1-oe-ensemble3-012.json").write_text(json.dumps(ensemble))
     notes = tmp_path / "notes.md"
     notes.write_text("")
     output = tmp_path / "results.md"
     render(output, notes, records=tmp_path)
+    assert "| 1 | deep ensemble of 3 deterministic +OE | 1 ensembles |" in output.read_text()
     section = output.read_text().split("### Every signal")[1]
     rows = [r for r in section.splitlines() if r.startswith("| 1 |")]
     # the single network: its two signals; MIMO: all four; the unscored record: none
@@ -150,5 +156,14 @@ def test_every_signal_of_the_scored_models_is_tabled(tmp_path: Path) -> None:
         ["M=3 rho=0.5 +outlier", "predictive entropy"],
         ["M=3 rho=0.5 +outlier", "expected entropy"],
         ["M=3 rho=0.5 +outlier", "1 - max probability"],
+        *(
+            ["deep ensemble of 3 +OE", name]
+            for name in (
+                "mutual information",
+                "predictive entropy",
+                "expected entropy",
+                "1 - max probability",
+            )
+        ),
     ]
     assert rows[0].split(" | ")[4:6] == ["0.910", "0.910"] and "| 4.00 |" in rows[0]

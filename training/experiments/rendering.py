@@ -51,9 +51,15 @@ class Config(Runs):
 
 @dataclass
 class Ensemble(Runs):
-    """Deep ensembles of 3 deterministic networks of one width, one record per triple."""
+    """Deep ensembles of 3 deterministic networks of one width, one record per triple; `oe`:
+    of networks trained with outlier exposure."""
 
     width: float
+    oe: bool = False
+
+    @property
+    def label(self) -> str:
+        return "deep ensemble of 3" + (" +OE" if self.oe else "")
 
 
 def _dig(d: Any, path: Iterable[str | int]) -> Any:
@@ -76,12 +82,12 @@ def line(cells: Sequence[str]) -> str:
 
 def load_grid(root: Path = RECORDS / "grid") -> tuple[list[Config], list[Ensemble]]:
     configs: dict[str, Config] = {}
-    ensembles: dict[float, Ensemble] = {}
+    ensembles: dict[tuple[float, bool], Ensemble] = {}
     for path in sorted(root.glob("*.json")):
         record = json.loads(path.read_text())
         if "ensemble" in record:
-            width = float(record["ensemble"]["width"])
-            ensembles.setdefault(width, Ensemble([], width)).records.append(record)
+            width, oe = float(record["ensemble"]["width"]), bool(record["ensemble"].get("oe"))
+            ensembles.setdefault((width, oe), Ensemble([], width, oe)).records.append(record)
             continue
         point = parse(path.stem)
         key = point.config
@@ -89,7 +95,7 @@ def load_grid(root: Path = RECORDS / "grid") -> tuple[list[Config], list[Ensembl
             configs[key] = Config([], GridPoint(**{**record["point"], "seed": 0}))
         configs[key].records.append(record)
     ordered = sorted(configs.values(), key=lambda c: c.point)
-    return ordered, sorted(ensembles.values(), key=lambda e: e.width)
+    return ordered, sorted(ensembles.values(), key=lambda e: (e.width, e.oe))
 
 
 def _members(config: Runs) -> float:
@@ -173,7 +179,7 @@ def grid_section(configs: list[Config], ensembles: list[Ensemble]) -> list[str]:
             line(
                 [
                     f"{e.width:g}",
-                    "deep ensemble of 3 deterministic",
+                    e.label.replace("of 3", "of 3 deterministic"),
                     f"{len(e.records)} ensembles",
                     "3 x",
                     "3 x",
@@ -200,7 +206,7 @@ def signals_section(configs: list[Config], ensembles: list[Ensemble]) -> list[st
     rows: list[tuple[str, str, Runs, int]] = [
         (f"{c.point.width:g}", c.label, c, c.point.ensemble_size) for c in configs
     ]
-    rows += [(f"{e.width:g}", "deep ensemble of 3", e, 3) for e in ensembles]
+    rows += [(f"{e.width:g}", e.label, e, 3) for e in ensembles]
     body = []
     for width, label, runs, heads in rows:
         scored = Runs([r for r in runs.records if "misclassification" in r["metrics"]])
@@ -314,7 +320,7 @@ def robustness_section(configs: list[Config], ensembles: list[Ensemble]) -> list
         line(["---"] * 8),
     ]  # fmt: skip
     rows: list[tuple[str, str, Runs]] = [(f"{c.point.width:g}", c.label, c) for c in configs]
-    rows += [(f"{e.width:g}", "deep ensemble of 3", e) for e in ensembles]
+    rows += [(f"{e.width:g}", e.label, e) for e in ensembles]
     for width, label, c in rows:
         out.append(
             line(
@@ -366,10 +372,11 @@ def plot_grid(configs: list[Config], ensembles: list[Ensemble], target: Path) ->
             width = 2.5 if label == "deterministic" else 1.2
             ax.errorbar(widths, means, yerr=errors, fmt="o" + style, lw=width, capsize=3,
                         label=label)  # fmt: skip
-        if isinstance(path, tuple) and ensembles:
+        plain = [e for e in ensembles if not e.oe]  # (the plot follows the plain grid)
+        if isinstance(path, tuple) and plain:
             ax.plot(
-                [e.width for e in ensembles],
-                [float(e.values(*path).mean()) for e in ensembles],
+                [e.width for e in plain],
+                [float(e.values(*path).mean()) for e in plain],
                 "k*",
                 markersize=11,
                 label="deep ensemble of 3",

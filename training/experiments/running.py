@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -105,21 +106,25 @@ def grid_point(point: GridPoint, runs: Path, data_dir: str, epochs: int, threads
     return record
 
 
-def grid_ensembles(runs: Path, width: float, seeds: Sequence[int]) -> None:
-    """Deep ensembles of 3 deterministic networks: consecutive triples of the seeds given."""
+def grid_ensembles(runs: Path, width: float, seeds: Sequence[int], oe: bool = False) -> None:
+    """Deep ensembles of 3 deterministic networks (`oe`: trained with outlier exposure):
+    consecutive triples of the seeds given."""
     for i in range(0, len(seeds) - 2, 3):
         triple = seeds[i : i + 3]
-        name = f"w{width:g}-ensemble3-" + "".join(str(s) for s in triple)
+        name = f"w{width:g}-{'oe-' if oe else ''}ensemble3-" + "".join(str(s) for s in triple)
         record = RECORDS / "grid" / f"{name}.json"
         if record.exists():
             continue
-        members = [runs / "grid" / GridPoint(width, 1, seed=s).name / "model.pt" for s in triple]
+        members = [
+            runs / "grid" / GridPoint(width, 1, outlier=oe, seed=s, oe=oe).name / "model.pt"
+            for s in triple
+        ]
         missing = [str(m) for m in members if not m.exists()]
         if missing:
             print(f"skip {name}: no {missing}", flush=True)
             continue
         metrics = evaluate(runs / "grid" / name / "eval", members, GRID_EVAL_FLAGS)
-        ensemble = {"width": width, "seeds": list(triple)}
+        ensemble = {"width": width, "seeds": list(triple), "oe": oe}
         write_record(record, {"ensemble": ensemble, "metrics": metrics})
         print(f"done {name}", flush=True)
 
@@ -140,8 +145,8 @@ def grid(args: argparse.Namespace) -> None:
         for future in done:
             future.result()
     if args.ensembles:
-        for width in args.widths:
-            grid_ensembles(runs, width, args.ensemble_seeds)
+        for width, oe in product(args.widths, (False, True)):
+            grid_ensembles(runs, width, args.ensemble_seeds, oe)
 
 
 def baseline(args: argparse.Namespace) -> None:
