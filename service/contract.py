@@ -32,6 +32,12 @@ REQUIRED_KEYS = (
 # Optional keys: a file without them is read as a float32 model.
 PRECISION_KEY = "mimo.precision"  # "fp32" (default), "int8", "fp16": the arithmetic inside
 QUANTIZATION_KEY = "mimo.quantization"  # JSON: how an int8 model was quantized
+# The measure whose threshold raises `uncertain` (training/flag.py chooses it by evidence);
+# a file without it flags by mutual information, as format 1 always did.
+UNCERTAIN_MEASURE_KEY = "mimo.uncertain_measure"
+DEFAULT_UNCERTAIN_MEASURE = "mutual_information"
+# The measures a flag may use: those that rank images (service/uncertainty.py's MEASURES).
+FLAG_MEASURES = ("mutual_information", "predictive_entropy", "expected_entropy")
 PRECISION_PATTERN = re.compile(r"[a-z0-9]{1,16}")
 COLORS = ("L", "RGB")
 RESAMPLE = ("nearest", "bilinear", "bicubic", "lanczos")
@@ -62,10 +68,16 @@ class ModelContract:
     # The arithmetic inside the graph; its input and output are float32 whatever it is.
     precision: str = "fp32"
     quantization: dict[str, Any] = field(default_factory=dict)
+    uncertain_measure: str = DEFAULT_UNCERTAIN_MEASURE
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def threshold(self) -> float:
+        """The `uncertain` flag's threshold, on `uncertain_measure`."""
+        return self.thresholds[self.uncertain_measure]
 
     def metadata(self) -> dict[str, str]:
         """The `metadata_props` that declare this contract in a model file."""
@@ -74,6 +86,8 @@ class ModelContract:
             optional[PRECISION_KEY] = self.precision
         if self.quantization:
             optional[QUANTIZATION_KEY] = json.dumps(self.quantization)
+        if self.uncertain_measure != DEFAULT_UNCERTAIN_MEASURE:
+            optional[UNCERTAIN_MEASURE_KEY] = self.uncertain_measure
         return {
             "mimo.format": FORMAT,
             "mimo.ensemble_size": str(self.ensemble_size),
@@ -166,6 +180,12 @@ def parse_contract(
             f"got {precision[:40]!r}"
         )
     quantization = _json(metadata, QUANTIZATION_KEY, source) if QUANTIZATION_KEY in metadata else {}
+    measure = metadata.get(UNCERTAIN_MEASURE_KEY, DEFAULT_UNCERTAIN_MEASURE)
+    if measure not in FLAG_MEASURES or measure not in thresholds:
+        raise ContractError(
+            f"{source}: {UNCERTAIN_MEASURE_KEY} must be one of {', '.join(FLAG_MEASURES)} with "
+            f"a threshold in mimo.thresholds, got {measure[:40]!r}"
+        )
 
     k = len(labels)
     _check_tensor(inputs, INPUT_NAME, [m, *shape], "[batch, M, C, H, W]", source)
@@ -181,6 +201,7 @@ def parse_contract(
         evaluation=evaluation if isinstance(evaluation, dict) else {},
         precision=precision,
         quantization=quantization if isinstance(quantization, dict) else {},
+        uncertain_measure=measure,
     )
 
 

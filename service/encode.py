@@ -41,7 +41,7 @@ def prediction(
         "top_k": [{"label": names[j], "index": j, "probability": p[j]} for j in order],
         "uncertainty": None,
         "uncertain": None,
-        "threshold": model.contract.thresholds["mutual_information"],
+        "threshold": model.contract.threshold,
         "members": None,
     }
     if isinstance(batch, Packed):
@@ -74,6 +74,7 @@ def predict_answer(
         "version": model.version,
         "ensemble_size": model.contract.ensemble_size,
         "mode": "packed" if rows and isinstance(rows[0].batch, Packed) else "ensemble",
+        "uncertain_measure": model.contract.uncertain_measure,
         "predictions": [
             prediction(model, row, name, top_k, members, member_probabilities)
             for row, name in zip(rows, filenames, strict=True)

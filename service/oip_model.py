@@ -89,6 +89,7 @@ def metadata(registry: ModelRegistry, name: str, version: str | None) -> dict[st
             "labels": list(model.contract.labels),
             "provider": model.provider,
             "thresholds": model.contract.thresholds,
+            "uncertain_measure": model.contract.uncertain_measure,
             # the request parameter `mode` -> the outputs it answers
             "modes": {mode: outputs_of(model, mode) for mode in MODES},
         },

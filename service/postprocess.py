@@ -193,13 +193,13 @@ class Packed(Answers):
 
 def score(contract: ModelContract, logits: np.ndarray) -> Scored:
     """logits [N, M, K] -> the batch scored (nothing recorded: see `Answers.record`)."""
-    threshold = contract.thresholds["mutual_information"]
+    measure, threshold = contract.uncertain_measure, contract.threshold
     if len(logits) == 1:
         one = one_image(logits[0].tolist(), contract.temperature)
         if one is not None:
-            return ScoredOne(one, one.mutual_information > threshold)
+            return ScoredOne(one, getattr(one, measure) > threshold)
     u = ensemble_uncertainty(logits, contract.temperature)
-    return Scored(u, u.mutual_information > threshold)
+    return Scored(u, getattr(u, measure) > threshold)
 
 
 def score_packed(contract: ModelContract, logits: np.ndarray, n: int) -> Packed:

@@ -35,9 +35,10 @@ class Prediction(BaseModel):
         description="the heads' disagreement; null in packed mode (one head answered)"
     )
     uncertain: bool | None = Field(
-        description="mutual information above the model's threshold; null in packed mode"
+        description="the model's flag measure (`uncertain_measure`) above its threshold; null "
+        "in packed mode"
     )
-    threshold: float = Field(description="the model's mutual-information threshold")
+    threshold: float = Field(description="the model's threshold on its flag measure")
     members: list[MemberPrediction] | None = Field(
         None, description="each head's answer (`members=true`, ensemble mode)"
     )
@@ -59,6 +60,11 @@ class PredictResponse(BaseModel):
         description="ensemble: each image in all M slots, the mean of the M heads and their "
         "disagreement; packed: M images share a forward pass, each answered by its own head"
     )
+    uncertain_measure: str = Field(
+        description="the measure whose threshold raises `uncertain`: mutual_information (the "
+        "heads disagree), predictive_entropy (the mean prediction is spread) or "
+        "expected_entropy; the model file says which"
+    )
     predictions: list[Prediction]
 
     model_config = {
@@ -69,6 +75,7 @@ class PredictResponse(BaseModel):
                     "version": 1,
                     "ensemble_size": 3,
                     "mode": "ensemble",
+                    "uncertain_measure": "mutual_information",
                     "predictions": [
                         {
                             "filename": "seven.png",
@@ -113,6 +120,7 @@ class ModelDescription(BaseModel):
     preprocess: dict
     temperature: float
     thresholds: dict[str, float]
+    uncertain_measure: str = Field(description="the measure whose threshold raises `uncertain`")
     provider: str = Field(description="execution provider in use: cpu, cuda or tensorrt")
     default: bool = Field(description="answers /predict when no model is named")
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m training {train,evaluate,export} ...`."""
+"""Command line: `python -m training {train,evaluate,export,flag} ...`."""
 
 from __future__ import annotations
 
@@ -41,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     add_train_parser(sub)
     from training.evaluate import add_evaluate_parser
     from training.export import add_export_parser
+    from training.flag import add_flag_parser
 
     add_evaluate_parser(sub)
     add_export_parser(sub)
+    add_flag_parser(sub)
     args = parser.parse_args(argv)
     try:
         return _run(args)

@@ -26,6 +26,7 @@ def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelsResponse:
                 preprocess=m.contract.preprocess,
                 temperature=m.contract.temperature,
                 thresholds=m.contract.thresholds,
+                uncertain_measure=m.contract.uncertain_measure,
                 provider=m.provider,
                 default=m.name == settings.default_model and m.version == default[m.name],
             )

@@ -56,13 +56,35 @@
 
   // --- models ---------------------------------------------------------------------------
 
+  // The measure that raises a model's `uncertain` flag (its file says which; mutual
+  // information unless it says otherwise), in words.
+  const MEASURES = {
+    mutual_information: {
+      name: "Mutual information",
+      title: "How much the sub-models disagree",
+      short: "disagreement",
+    },
+    predictive_entropy: {
+      name: "Predictive entropy",
+      title: "How spread the model's answer is",
+      short: "predictive entropy",
+    },
+    expected_entropy: {
+      name: "Expected entropy",
+      title: "How unsure each sub-model is on its own",
+      short: "expected entropy",
+    },
+  };
+  const measureOf = (name) => MEASURES[name] ? name : "mutual_information";
+
   function describeModel(m) {
-    const threshold = m.thresholds && m.thresholds.mutual_information;
+    const measure = measureOf(m.uncertain_measure);
+    const threshold = m.thresholds && m.thresholds[measure];
     const shape = m.input_shape.join("×");
     return (
       `${m.ensemble_size} sub-models, ${m.labels.length} classes (${m.labels.slice(0, 10).join(" ")}` +
       `${m.labels.length > 10 ? " …" : ""}), input ${shape}` +
-      (threshold !== undefined ? `, disagreement threshold ${fmt(threshold)} nats` : "")
+      (threshold !== undefined ? `, ${MEASURES[measure].short} threshold ${fmt(threshold)} nats` : "")
     );
   }
 
@@ -212,16 +234,27 @@
     return Array.from({ length: k }, (_, i) => String(i));
   }
 
-  function verdictOf(p, m, labels) {
+  function verdictOf(p, m, labels, measure) {
     const count = WORDS[m] || String(m);
     const digits = labels.every((l) => /^[0-9]$/.test(l));
     const known = digits ? "a digit it knows" : "one of the things it knows";
     const votes = (p.members || []).map((h) => h.label);
+    // "the sub-models agree / disagree" is what mutual information measures, and only that
+    const heads = measure === "mutual_information";
     if (!p.uncertain) {
       return {
-        verdict: `The ${count} sub-models agree: this looks like a ${p.label}.`,
+        verdict: heads
+          ? `The ${count} sub-models agree: this looks like a ${p.label}.`
+          : `The model is sure: this looks like a ${p.label}.`,
         detail: `Probability ${pct(p.probability)}.`,
         agree: true,
+      };
+    }
+    if (!heads) {
+      return {
+        verdict: `The model is not sure this is ${known}: its answer is spread over several classes.`,
+        detail: `Best guess ${p.label}, probability ${pct(p.probability)}.`,
+        agree: false,
       };
     }
     const same = votes.length > 0 && votes.every((v) => v === votes[0]);
@@ -240,7 +273,8 @@
     const heads = p.member_probabilities || [];
     const k = heads.length ? heads[0].length : p.top_k.length;
     const labels = labelsOf(body, k);
-    const v = verdictOf(p, m, labels);
+    const measure = measureOf(body.uncertain_measure);
+    const v = verdictOf(p, m, labels, measure);
 
     $("status").removeAttribute("aria-busy");
     $("status").className = `status ${v.agree ? "agree" : "disagree"}`;
@@ -249,7 +283,7 @@
     $("error").hidden = true;
     $("result").hidden = false;
 
-    renderGauge(p.uncertainty.mutual_information, p.threshold, m, k);
+    renderGauge(p.uncertainty[measure], p.threshold, m, k, measure);
 
     const mean = new Array(k).fill(0);
     for (const c of p.top_k) mean[c.index] = c.probability;
@@ -263,7 +297,7 @@
         return chart(probs, labels, "head-chart", title, pct(probs[top]), 160);
       })
     );
-    renderNumbers(p, m);
+    renderNumbers(p, m, measure);
   }
 
   function argmax(values) {
@@ -272,19 +306,22 @@
     return best;
   }
 
-  // Mutual information on a log scale from threshold/100 to its maximum, ln(min(M, K)).
-  function renderGauge(mi, threshold, m, k) {
+  // The flag's measure on a log scale from threshold/100 to its maximum: ln(min(M, K)) for
+  // mutual information, ln(K) for the entropies.
+  function renderGauge(value, threshold, m, k, measure) {
     const lo = threshold / 100;
-    const hi = Math.max(Math.log(Math.min(m, k)), threshold * 10);
+    const top = measure === "mutual_information" ? Math.min(m, k) : k;
+    const hi = Math.max(Math.log(top), threshold * 10);
     const at = (x) => Math.min(1, Math.max(0, Math.log(Math.max(x, lo) / lo) / Math.log(hi / lo)));
-    const above = mi > threshold;
-    $("gauge-fill").style.width = `${Math.max(1.5, 100 * at(mi)).toFixed(1)}%`; // seen at 0
+    const above = value > threshold;
+    $("gauge-title").textContent = MEASURES[measure].title;
+    $("gauge-fill").style.width = `${Math.max(1.5, 100 * at(value)).toFixed(1)}%`; // seen at 0
     $("gauge-fill").className = `gauge-fill ${above ? "above" : "below"}`;
     $("gauge-threshold").style.left = `${(100 * at(threshold)).toFixed(1)}%`;
     $("gauge-threshold-label").style.left = `${(100 * at(threshold)).toFixed(1)}%`;
     $("gauge-text").textContent =
-      `Mutual information ${fmt(mi)} nats, ${above ? "above" : "below"} the model's threshold ` +
-      `${fmt(threshold)} (the line; logarithmic scale up to the maximum ${fmt(hi)}).`;
+      `${MEASURES[measure].name} ${fmt(value)} nats, ${above ? "above" : "below"} the model's ` +
+      `threshold ${fmt(threshold)} (the line; logarithmic scale up to the maximum ${fmt(hi)}).`;
   }
 
   // One bar chart: a figure with a caption and an SVG of K bars, `width` units wide (the
@@ -348,11 +385,11 @@
     return figure;
   }
 
-  function renderNumbers(p, m) {
+  function renderNumbers(p, m, measure) {
     const rows = [
       ["ensemble prediction", `${p.label} (${pct(p.probability)})`],
       ["mutual information (sub-models' disagreement)", `${fmt(p.uncertainty.mutual_information)} nats`],
-      ["threshold", `${fmt(p.threshold)} nats`],
+      [`threshold (on ${MEASURES[measure].name.toLowerCase()})`, `${fmt(p.threshold)} nats`],
       ["uncertain", p.uncertain ? "yes" : "no"],
       ["predictive entropy (total)", `${fmt(p.uncertainty.predictive_entropy)} nats`],
       ["expected entropy (each sub-model's own doubt)", `${fmt(p.uncertainty.expected_entropy)} nats`],

@@ -275,3 +275,21 @@ def test_thresholds_need_mutual_information(model_path: Path, thresholds: str) -
 )
 def test_other_bad_metadata(model_path: Path, changes: dict[str, str], problem: str) -> None:
     rejected(write_model(model_path, with_changes(**changes)), problem)
+
+
+def test_the_flag_measure_is_mutual_information_unless_the_file_says(model_path: Path) -> None:
+    plain = read(write_model(model_path, contract().metadata()))
+    assert plain.uncertain_measure == "mutual_information" and plain.threshold == 0.02
+    chosen = contract(uncertain_measure="predictive_entropy")
+    assert chosen.metadata()["mimo.uncertain_measure"] == "predictive_entropy"
+    parsed = read(write_model(model_path, chosen.metadata()))
+    assert parsed == chosen and parsed.threshold == 0.3
+
+
+@pytest.mark.parametrize(
+    "measure",
+    ["variance", "expected_entropy", "max_probability", ""],  # not a ranking measure, or no
+)  # threshold for it in this file, or not a measure
+def test_a_flag_measure_without_its_threshold_is_refused(model_path: Path, measure: str) -> None:
+    metadata = contract().metadata() | {"mimo.uncertain_measure": measure}
+    rejected(write_model(model_path, metadata), "mimo.uncertain_measure must be one of")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import signal
 import struct
 import subprocess
@@ -605,3 +606,43 @@ def test_sigterm_finishes_requests_in_flight(start_server: Callable[..., Server]
     assert "Traceback" not in server.log.read_text()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.url}/v2/health/live", timeout=2)
+
+
+def test_a_model_that_flags_by_predictive_entropy_says_so(
+    model_repository: Path, tmp_path: Path, digit_pngs: list[tuple[bytes, int]]
+) -> None:
+    """mimo.uncertain_measure (training/flag.py's choice) raises `uncertain` by its measure,
+    and /predict, /models and the OIP metadata name it."""
+    import shutil
+
+    import onnx
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    repo = tmp_path / "models"
+    shutil.copytree(model_repository, repo)
+    path = repo / "digits" / "1" / "model.onnx"
+    proto = onnx.load(path)
+    proto.metadata_props.add(key="mimo.uncertain_measure", value="predictive_entropy")
+    thresholds = next(p for p in proto.metadata_props if p.key == "mimo.thresholds")
+    values = json.loads(thresholds.value)
+    values["predictive_entropy"] = 0.2
+    thresholds.value = json.dumps(values)
+    onnx.save(proto, path)
+    settings = Settings(repository=repo, default_model="digits", threads=1)
+    files = [("file", (f"{i}.png", d, "image/png")) for i, (d, _) in enumerate(digit_pngs)]
+    with TestClient(create_app(settings)) as client:
+        for batch in (files[:1], files):  # a lone image (scored in Python) and a batch
+            answer = client.post("/predict", files=batch).json()
+            assert answer["uncertain_measure"] == "predictive_entropy"
+            for p in answer["predictions"]:
+                assert p["threshold"] == 0.2
+                assert p["uncertain"] == (p["uncertainty"]["predictive_entropy"] > 0.2)
+        flags = {p["uncertain"] for p in client.post("/predict", files=files).json()["predictions"]}
+        assert flags == {True, False}  # the threshold splits these digits: the test tests
+        (listed,) = client.get("/models").json()["models"]
+        assert listed["uncertain_measure"] == "predictive_entropy"
+        meta = client.get("/v2/models/digits").json()
+        assert meta["parameters"]["uncertain_measure"] == "predictive_entropy"
