@@ -22,15 +22,23 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from service.contract import NAME_PATTERN, ModelContract, contract_of
+from service.contract import (
+    DEFAULT_UNCERTAIN_MEASURE,
+    FLAG_MEASURES,
+    NAME_PATTERN,
+    ModelContract,
+    contract_of,
+)
 from service.uncertainty import ensemble_uncertainty
 from training.calibration import calibrate_checkpoint, validation_split
 from training.checkpoint import config_from_dict, load_checkpoint, model_from_checkpoint
 from training.conversion import to_onnx_bytes
 from training.data import load_dataset, split_validation
 from training.files import write_atomic
+from training.flag import decide
 from training.metrics import softmax
 from training.models import MimoNetwork
+from training.predictor import OnnxPredictor
 from training.quantize import (
     PRECISIONS,
     Int8Settings,
@@ -258,9 +266,12 @@ def export(
     precision: str = "fp32",
     int8: Int8Settings | None = None,
     data_dir: str | Path | None = None,
+    uncertain_measure: str = DEFAULT_UNCERTAIN_MEASURE,
 ) -> Path:
     """Write models/<name>/<version>/model.onnx; `data_dir` overrides the checkpoint's
-    dataset folder (int8 calibration and the lower-precision check read its images)."""
+    dataset folder (int8 calibration and the lower-precision check read its images).
+    `uncertain_measure` raises the served flag; `auto` chooses it by the evidence on the
+    validation split (training/flag.py) and keeps that evidence in the file."""
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not NAME_PATTERN.fullmatch(name):
@@ -277,6 +288,22 @@ def export(
     if evaluation is None:
         evaluation = calibrate_checkpoint(checkpoint)
     contract = build_contract(checkpoint, evaluation)
+    if uncertain_measure == "auto":
+        plain = with_metadata(to_onnx_bytes(model), contract)
+        found = decide(OnnxPredictor.from_bytes([plain]), validation_split(checkpoint), contract)
+        choice = found["choice"]
+        print(f"uncertain flag: {choice['measure']} (worth {choice['worth']})")
+        evaluation_with = {**contract.evaluation, "flag": choice}
+        contract = replace(
+            contract, uncertain_measure=choice["measure"], evaluation=evaluation_with
+        )
+    elif uncertain_measure not in FLAG_MEASURES:
+        raise ExportError(
+            f"uncertain measure must be auto or one of {', '.join(FLAG_MEASURES)}, got "
+            f"{uncertain_measure!r}"
+        )
+    else:
+        contract = replace(contract, uncertain_measure=uncertain_measure)
     data = with_metadata(to_onnx_bytes(model), contract)
     worst = check_parity(model, data, str(target))
     if precision == "fp32":
@@ -392,6 +419,13 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         default=defaults.reduce_range,
         help="int8: 7-bit weights (no int16 saturation on x86 without VNNI)",
     )
+    p.add_argument(
+        "--uncertain-measure",
+        default=DEFAULT_UNCERTAIN_MEASURE,
+        choices=["auto", *FLAG_MEASURES],
+        help="the measure whose threshold raises `uncertain`; auto: the one that flags the most "
+        "wrong answers and non-digits on the validation split (python -m training flag)",
+    )
     p.set_defaults(run=_run)
 
 
@@ -417,5 +451,6 @@ def _run(args: argparse.Namespace) -> int:
         precision=args.precision,
         int8=int8,
         data_dir=args.data_dir,
+        uncertain_measure=args.uncertain_measure,
     )
     return 0

@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import contract_of
+from service.contract import ModelContract, contract_of
 from service.uncertainty import ensemble_uncertainty
 from training import metrics
 from training.calibration import uncertainty_scores
 from training.corruptions import CORRUPTIONS, corrupt
-from training.data import load_dataset, split_validation
+from training.data import ImageDataset, load_dataset, split_validation
 from training.ood import EVALUATION_FAMILIES, TRAINING_FAMILIES, invert, make_ood
 from training.predictor import OnnxPredictor, as_float
 
@@ -90,16 +90,9 @@ def choose(found: dict[str, Any]) -> dict[str, Any]:
 
 
 def validation_logits(
-    predictor: OnnxPredictor,
-    data_dir: str,
-    val_size: int,
-    split_seed: int,
-    corruption_limit: int,
-    ood_count: int,
+    predictor: OnnxPredictor, val: ImageDataset, corruption_limit: int, ood_count: int
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
-    """The logits `evidence` needs, from the MNIST validation split a run held out."""
-    full = load_dataset("mnist", "train", data_dir)
-    val = split_validation(full, val_size, seed=split_seed)[1]
+    """The logits `evidence` needs, from the validation split a run held out."""
     x = as_float(val.images)
     clean = (predictor(x), val.labels)
     subset = x[:corruption_limit]
@@ -116,6 +109,19 @@ def validation_logits(
     }
     outliers["inverted"] = predictor(invert(x[:ood_count]))
     return clean, corrupted, outliers
+
+
+def decide(
+    predictor: OnnxPredictor,
+    val: ImageDataset,
+    contract: ModelContract,
+    corruption_limit: int = 1000,
+    ood_count: int = 1000,
+) -> dict[str, Any]:
+    """The evidence on `val` for a model (its temperature and thresholds) and the choice."""
+    clean, corrupted, outliers = validation_logits(predictor, val, corruption_limit, ood_count)
+    found = evidence(clean, corrupted, outliers, contract.temperature, contract.thresholds)
+    return {"measures": found, "choice": choose(found)}
 
 
 def add_flag_parser(sub: argparse._SubParsersAction) -> None:
@@ -135,12 +141,9 @@ def add_flag_parser(sub: argparse._SubParsersAction) -> None:
 def run_flag(args: argparse.Namespace) -> int:
     predictor = OnnxPredictor.from_bytes([args.onnx])
     contract = contract_of(predictor.sessions[0], args.onnx)
-    clean, corrupted, outliers = validation_logits(
-        predictor, args.data_dir, args.val_size, args.split_seed, args.corruption_limit,
-        args.ood_count,
-    )  # fmt: skip
-    found = evidence(clean, corrupted, outliers, contract.temperature, contract.thresholds)
-    result = {"model": str(args.onnx), "measures": found, "choice": choose(found)}
+    full = load_dataset("mnist", "train", args.data_dir)
+    val = split_validation(full, args.val_size, seed=args.split_seed)[1]
+    result = {"model": str(args.onnx), **decide(predictor, val, contract)}
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.write_text(text + "\n")

@@ -237,3 +237,20 @@ def test_cli_with_an_evaluation_file(digits_checkpoint: Path, tmp_path: Path) ->
         "clean": {"accuracy": 0.9, "nll": 0.3},
     }
     assert files_in(repository) == ["digits/3/model.onnx"]
+
+
+def test_the_flag_measure_is_chosen_by_evidence_or_named(
+    digits_checkpoint: Path, tmp_path: Path
+) -> None:
+    auto = export(digits_checkpoint, tmp_path, "digits", 1, uncertain_measure="auto")
+    contract, _ = read_contract(auto)
+    choice = contract.evaluation["flag"]
+    assert contract.uncertain_measure == choice["measure"]
+    assert set(choice["worth"]) == {"mutual_information", "predictive_entropy", "expected_entropy"}
+    assert choice["worth"][choice["measure"]] == max(choice["worth"].values())
+    named = export(digits_checkpoint, tmp_path, "digits", 2, uncertain_measure="predictive_entropy")
+    contract, metadata = read_contract(named)
+    assert contract.uncertain_measure == "predictive_entropy"
+    assert metadata["mimo.uncertain_measure"] == "predictive_entropy"
+    with pytest.raises(ExportError, match="uncertain measure must be auto or one of"):
+        export(digits_checkpoint, tmp_path, "digits", 3, uncertain_measure="variance")

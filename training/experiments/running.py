@@ -197,6 +197,8 @@ def default_model(args: argparse.Namespace) -> None:
             "--version",
             str(args.version),
             "--force",
+            "--uncertain-measure",
+            "auto",  # the served flag's measure, by the evidence on the validation split
         ],
         runs / "export.log",
     )
