@@ -413,3 +413,37 @@ def test_api_key_typed_into_the_page(page: Page, tmp_path_factory: pytest.TempPa
         assert "3 sub-models" in page.find("#model-info").text
     finally:
         process.stop()
+
+
+@pytest.mark.slow
+def test_a_model_flagging_by_entropy_is_worded_for_it(
+    browser, screenshots: Path, tmp_path: Path
+) -> None:
+    """A model whose file says mimo.uncertain_measure=predictive_entropy: the verdict and the
+    gauge speak of the spread answer, never of sub-models that disagree."""
+    import shutil
+
+    import onnx
+
+    repo = tmp_path / "models"
+    shutil.copytree(ROOT / "models" / "mnist", repo / "mnist")
+    path = repo / "mnist" / "1" / "model.onnx"
+    proto = onnx.load(path)
+    proto.metadata_props.add(key="mimo.uncertain_measure", value="predictive_entropy")
+    onnx.save(proto, path)
+    port = free_port()
+    environment = service_env(repo, port, MIMO_DEFAULT_MODEL="mnist", MIMO_GRPC_PORT="0")
+    process = start_service(SERVICE, environment, ROOT, tmp_path / "server.log")
+    try:
+        page = Page(browser, f"http://127.0.0.1:{port}", screenshots)
+        page.open()
+        assert "predictive entropy threshold" in page.find("#model-info").text
+        noise = np.random.default_rng(7).integers(0, 256, (28, 28))
+        verdict = page.upload(png_file(tmp_path / "noise.png", noise))
+        expected = "The model is not sure this is a digit it knows: its answer is spread"
+        assert verdict.startswith(expected)
+        assert page.find("#gauge-title").text == "How spread the model's answer is"
+        assert page.find("#gauge-text").text.startswith("Predictive entropy ")
+        page.snap("09-entropy-flag")
+    finally:
+        process.stop()
