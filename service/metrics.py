@@ -97,7 +97,7 @@ PREDICTIONS = Counter(
 )
 UNCERTAIN = Counter(
     "mimo_uncertain_predictions_total",
-    "Predictions flagged uncertain (mutual information above the model's threshold)",
+    "Predictions flagged uncertain (the model's flag measure above its threshold)",
     MODEL,
 )
 MODEL_INFO = Gauge(

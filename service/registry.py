@@ -86,8 +86,8 @@ def load_model(
     shown = f"{name}/{version}/model.onnx"
     try:
         session = create_session(str(path), providers, threads)
-    except ProviderError:
-        raise
+    except ProviderError as exc:
+        raise ProviderError(str(exc).replace(str(path), shown)) from None
     except Exception as exc:
         raise ContractError(
             f"{shown}: not a model ONNX Runtime can load "
@@ -98,8 +98,11 @@ def load_model(
     zeros = np.zeros((1, *contract.input_shape), np.float32)
     if model.provider != "cpu" if fixed_sizes is None else fixed_sizes:
         for rows in row_counts(warmup_batch):
+            # (on the provider the first session got: `auto` must not put one size elsewhere)
             fixed = (
-                session if rows == warmup_batch else create_session(str(path), providers, threads)
+                session
+                if rows == warmup_batch
+                else create_session(str(path), model.provider, threads)
             )
             model.fixed[rows] = fixed
             forward(fixed, tile(zeros, contract.ensemble_size, rows))  # warm-up
@@ -218,6 +221,8 @@ class ModelRegistry:
             table = dict(self._models)
             del table[name]
             self._models = table
+            # (an unloaded name's 404 must not say it was refused at load)
+            self.failures = {k: v for k, v in self.failures.items() if not k.startswith(f"{name}/")}
 
     def get(self, name: str, version: int | None = None) -> ServedModel:
         versions = self._models.get(name)

@@ -28,6 +28,13 @@ SHORT = {CPU: "cpu", CUDA: "cuda", TENSORRT: "tensorrt"}
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}
 
 
+# What to do when an accelerator's provider does not start, by setting value.
+FIXES = {
+    "cuda": "install onnxruntime-gpu with a working CUDA and cuDNN, or set MIMO_PROVIDERS=cpu",
+    "tensorrt": "install TensorRT (libnvinfer) beside onnxruntime-gpu, or set MIMO_PROVIDERS=cuda",
+}
+
+
 class ProviderError(RuntimeError):
     pass
 
@@ -69,27 +76,21 @@ def create_session(path: str, choice: str, threads: int) -> ort.InferenceSession
         if choice == "cpu" or not _loads_on_cpu(path, options):
             raise
         if choice == "auto":
-            log.warning("%s: %s failed (%s); serving it on the CPU", path, wanted[0], exc)
+            first = wanted[0][0] if isinstance(wanted[0], tuple) else wanted[0]
+            log.warning("%s: %s failed (%s); serving it on the CPU", path, first, exc)
             session = ort.InferenceSession(path, options, providers=[CPU])
         else:
             raise ProviderError(
                 f"{path}: asked for {choice} but ONNX Runtime could not start it "
-                f"({str(exc)[:300]}); check the CUDA and cuDNN libraries onnxruntime-gpu needs, "
-                "or set MIMO_PROVIDERS=cpu"
+                f"({str(exc)[:300]}); {FIXES[choice]}"
             ) from None
     got = session.get_providers()
     if choice in ("cuda", "tensorrt"):
         needed = CUDA if choice == "cuda" else TENSORRT
         if needed not in got:
-            fix = (
-                "install onnxruntime-gpu with a working CUDA, or set MIMO_PROVIDERS=cpu"
-                if choice == "cuda"
-                else "install TensorRT (libnvinfer) beside onnxruntime-gpu, or set "
-                "MIMO_PROVIDERS=cuda"
-            )
             raise ProviderError(
                 f"{path}: asked for {choice} but ONNX Runtime gave {got} (available: "
-                f"{ort.get_available_providers()}); {fix}"
+                f"{ort.get_available_providers()}); {FIXES[choice]}"
             )
     log.info("%s runs on %s", path, got[0])
     return session

@@ -6,6 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from service.contract import FLAG_MEASURES
+
+# the contract's flag measures as a type, so that OpenAPI lists them
+FlagMeasure = Literal[FLAG_MEASURES]  # type: ignore[valid-type]
+
 
 class ClassProbability(BaseModel):
     label: str
@@ -60,7 +65,7 @@ class PredictResponse(BaseModel):
         description="ensemble: each image in all M slots, the mean of the M heads and their "
         "disagreement; packed: M images share a forward pass, each answered by its own head"
     )
-    uncertain_measure: str = Field(
+    uncertain_measure: FlagMeasure = Field(
         description="the measure whose threshold raises `uncertain`: mutual_information (the "
         "heads disagree), predictive_entropy (the mean prediction is spread) or "
         "expected_entropy; the model file says which"
@@ -120,7 +125,9 @@ class ModelDescription(BaseModel):
     preprocess: dict
     temperature: float
     thresholds: dict[str, float]
-    uncertain_measure: str = Field(description="the measure whose threshold raises `uncertain`")
+    uncertain_measure: FlagMeasure = Field(
+        description="the measure whose threshold raises `uncertain`"
+    )
     provider: str = Field(description="execution provider in use: cpu, cuda or tensorrt")
     default: bool = Field(description="answers /predict when no model is named")
 
