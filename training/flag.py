@@ -22,10 +22,10 @@ import numpy as np
 
 from service.contract import ModelContract, contract_of
 from service.uncertainty import ensemble_uncertainty
-from training import metrics
 from training.calibration import uncertainty_scores
 from training.corruptions import CORRUPTIONS, corrupt
 from training.data import ImageDataset, load_dataset, split_validation
+from training.evaluate import misclassification
 from training.ood import EVALUATION_FAMILIES, TRAINING_FAMILIES, invert, make_ood
 from training.predictor import OnnxPredictor, as_float
 
@@ -44,25 +44,21 @@ def evidence(
     corrupted digits, misclassification AUROC, and non-digits flagged, at its threshold.
     `val` and `corrupted` are (logits [N, M, K], labels); `outliers` logits by family."""
     found: dict[str, Any] = {}
-    scored = {}
+    scored = {}  # clean / corrupted -> evaluate.misclassification's figures per signal
     for name, (logits, labels) in (("clean", val), ("corrupted", corrupted)):
-        scores = uncertainty_scores(logits, temperature)
         p = ensemble_uncertainty(logits, temperature).probabilities
-        scored[name] = (scores, p.argmax(axis=1) == labels)
+        scores = uncertainty_scores(logits, temperature)
+        scored[name] = misclassification(scores, p.argmax(axis=1) == labels, thresholds)
     ood = {family: uncertainty_scores(z, temperature) for family, z in outliers.items()}
     for measure in CANDIDATES:
         if measure not in thresholds:
             continue
         t = thresholds[measure]
         entry: dict[str, Any] = {"threshold": t}
-        for name, (scores, correct) in scored.items():
-            s, wrong = scores[measure], ~correct
-            entry[f"{name}_errors_flagged"] = float((s[wrong] > t).mean()) if wrong.any() else 1.0
-            entry[f"{name}_auroc"] = metrics.selective_metrics(s, correct)["auroc"]
-        corrupted_scores, corrupted_correct = scored["corrupted"]
-        entry["corrupted_silent_errors"] = float(
-            (~corrupted_correct & (corrupted_scores[measure] <= t)).mean()
-        )
+        for name, figures in scored.items():
+            entry[f"{name}_errors_flagged"] = figures[measure]["errors_flagged"]
+            entry[f"{name}_auroc"] = figures[measure]["auroc"]
+        entry["corrupted_silent_errors"] = scored["corrupted"][measure]["silent_errors"]
         entry["ood_flagged"] = {family: float((s[measure] > t).mean()) for family, s in ood.items()}
         entry["ood_flagged_mean"] = float(np.mean(list(entry["ood_flagged"].values())))
         found[measure] = entry
