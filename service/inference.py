@@ -7,6 +7,8 @@ thread and the event loop keeps taking requests meanwhile.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import onnxruntime as ort
 
@@ -22,7 +24,7 @@ def row_counts(max_rows: int) -> tuple[int, ...]:
     return (*sizes, max_rows)
 
 
-def rows_for(n: int, counts: tuple[int, ...] | None) -> int:
+def rows_for(n: int, counts: Iterable[int] | None) -> int:
     """The rows a pass of `n` rows runs at: the first of `counts` that holds them (n itself
     without counts, or past the last)."""
     if counts:

@@ -48,7 +48,7 @@ class ServedModel:
 
     def rows_for(self, n: int) -> int:
         """The rows a pass of `n` rows runs at."""
-        return rows_for(n, tuple(self.fixed))
+        return rows_for(n, self.fixed)  # (its sizes, ascending: row_counts' order)
 
     def session_for(self, rows: int, lone: bool = False) -> ort.InferenceSession:
         """The session of that batch size where sizes are fixed; else the lone session for a

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from service.uncertainty import ensemble_uncertainty
+from service.uncertainty import EnsembleUncertainty, ensemble_uncertainty
 from training import metrics
 from training.checkpoint import config_from_dict, model_from_checkpoint
 from training.conversion import to_onnx_bytes
@@ -20,7 +20,18 @@ from training.predictor import OnnxPredictor, as_float
 def uncertainty_scores(logits: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
     """Every signal a model offers, higher = less sure: the contract's measures that rank
     images (a single network's mutual information is 0) and 1 - max probability."""
+    return _scores(ensemble_uncertainty(logits, temperature))
+
+
+def scored(
+    logits: np.ndarray, labels: np.ndarray, temperature: float
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every signal (`uncertainty_scores`) and which answers are right, at `temperature`."""
     u = ensemble_uncertainty(logits, temperature)
+    return _scores(u), u.probabilities.argmax(axis=1) == labels
+
+
+def _scores(u: EnsembleUncertainty) -> dict[str, np.ndarray]:
     return {
         "mutual_information": u.mutual_information,
         "predictive_entropy": u.predictive_entropy,

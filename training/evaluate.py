@@ -20,7 +20,7 @@ from tqdm import tqdm
 from service.contract import contract_of
 from service.uncertainty import ensemble_uncertainty
 from training import metrics
-from training.calibration import calibrate, uncertainty_scores, validation_split
+from training.calibration import calibrate, scored, uncertainty_scores, validation_split
 from training.checkpoint import config_from_dict, load_checkpoint, model_from_checkpoint
 from training.conversion import to_onnx_bytes
 from training.corruptions import CORRUPTIONS, corrupt
@@ -96,14 +96,12 @@ def evaluate(
         "clean": classification_metrics(logits, test.labels),
         "clean_calibrated": classification_metrics(logits, test.labels, temperature),
     }
-    in_scores = uncertainty_scores(logits, temperature)
+    in_scores, correct = scored(logits, test.labels, temperature)
     result["clean"]["uncertain_fraction"] = float(
         (in_scores["mutual_information"] > mi_threshold).mean()
     )
     # (an exported model's contract has the measures' thresholds only: no max-probability one)
     flag_at = calibration.get("score_thresholds", calibration["thresholds"])
-    probabilities = ensemble_uncertainty(logits, temperature).probabilities
-    correct = probabilities.argmax(axis=1) == test.labels
     result["misclassification"] = {"clean": misclassification(in_scores, correct, flag_at)}
 
     # Corrupted: every corruption at 5 severities on the same (first) test images.
@@ -120,10 +118,10 @@ def evaluate(
             r = classification_metrics(z, test.labels[subset])
             by_corruption[name][str(severity)] = r
             rows.append(r)
-            for score, values in uncertainty_scores(z, temperature).items():
+            scores, right = scored(z, test.labels[subset], temperature)
+            for score, values in scores.items():
                 pooled_scores[score].append(values)
-            p = ensemble_uncertainty(z, temperature).probabilities
-            pooled_correct.append(p.argmax(axis=1) == test.labels[subset])
+            pooled_correct.append(right)
     result["corrupted"] = {
         "images": subset.stop,
         "mean": {

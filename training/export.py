@@ -288,8 +288,9 @@ def export(
     if evaluation is None:
         evaluation = calibrate_checkpoint(checkpoint)
     contract = build_contract(checkpoint, evaluation)
+    graph = to_onnx_bytes(model)
     if uncertain_measure == "auto":
-        plain = with_metadata(to_onnx_bytes(model), contract)
+        plain = with_metadata(graph, contract)
         found = decide(OnnxPredictor.from_bytes([plain]), validation_split(checkpoint), contract)
         choice = found["choice"]
         print(f"uncertain flag: {choice['measure']} (worth {choice['worth']})")
@@ -304,7 +305,7 @@ def export(
         )
     else:
         contract = replace(contract, uncertain_measure=uncertain_measure)
-    data = with_metadata(to_onnx_bytes(model), contract)
+    data = with_metadata(graph, contract)
     worst = check_parity(model, data, str(target))
     if precision == "fp32":
         write_atomic(target, data, staging=target.parent.parent)

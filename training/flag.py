@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from service.contract import ModelContract, contract_of
-from service.uncertainty import ensemble_uncertainty
-from training.calibration import uncertainty_scores
+from training.calibration import scored, uncertainty_scores
 from training.corruptions import CORRUPTIONS, corrupt
 from training.data import ImageDataset, load_dataset, split_validation
 from training.evaluate import misclassification
@@ -44,21 +43,19 @@ def evidence(
     corrupted digits, misclassification AUROC, and non-digits flagged, at its threshold.
     `val` and `corrupted` are (logits [N, M, K], labels); `outliers` logits by family."""
     found: dict[str, Any] = {}
-    scored = {}  # clean / corrupted -> evaluate.misclassification's figures per signal
+    figures = {}  # clean / corrupted -> evaluate.misclassification's figures per signal
     for name, (logits, labels) in (("clean", val), ("corrupted", corrupted)):
-        p = ensemble_uncertainty(logits, temperature).probabilities
-        scores = uncertainty_scores(logits, temperature)
-        scored[name] = misclassification(scores, p.argmax(axis=1) == labels, thresholds)
+        figures[name] = misclassification(*scored(logits, labels, temperature), thresholds)
     ood = {family: uncertainty_scores(z, temperature) for family, z in outliers.items()}
     for measure in CANDIDATES:
         if measure not in thresholds:
             continue
         t = thresholds[measure]
         entry: dict[str, Any] = {"threshold": t}
-        for name, figures in scored.items():
-            entry[f"{name}_errors_flagged"] = figures[measure]["errors_flagged"]
-            entry[f"{name}_auroc"] = figures[measure]["auroc"]
-        entry["corrupted_silent_errors"] = scored["corrupted"][measure]["silent_errors"]
+        for name, per_signal in figures.items():
+            entry[f"{name}_errors_flagged"] = per_signal[measure]["errors_flagged"]
+            entry[f"{name}_auroc"] = per_signal[measure]["auroc"]
+        entry["corrupted_silent_errors"] = figures["corrupted"][measure]["silent_errors"]
         entry["ood_flagged"] = {family: float((s[measure] > t).mean()) for family, s in ood.items()}
         entry["ood_flagged_mean"] = float(np.mean(list(entry["ood_flagged"].values())))
         found[measure] = entry
