@@ -83,6 +83,10 @@ def predict_answer(
     return orjson.dumps(body)  # ~20x json.dumps on this answer: 1 us against 23 us
 
 
+# output `head` of an image the mean of all M heads answered (ensemble mode)
+ENSEMBLE_HEAD = -1
+
+
 def _column(batch: Answers, name: str) -> np.ndarray:
     if name == "probabilities":  # the ensemble mean, or the answering head's (packed)
         return batch.p
@@ -92,6 +96,8 @@ def _column(batch: Answers, name: str) -> np.ndarray:
     elif isinstance(batch, Scored):
         if name == "uncertain":
             return batch.uncertain
+        if name == "head":  # every head answers an ensemble row
+            return np.full(len(batch), ENSEMBLE_HEAD, np.int32)
         return getattr(batch.u, name)
     raise ValueError(f"a {type(batch).__name__} batch has no output {name!r}")
 
@@ -112,7 +118,7 @@ DTYPES = {"uncertain": np.dtype(np.bool_), "head": np.dtype("<i4")}  # others: F
 
 def oip_tensors(rows: list[Row], names: list[str]) -> dict[str, np.ndarray]:
     """The OIP output tensors `names` (service.oip_model.output_specs), in that order: FP32,
-    BOOL for `uncertain` and INT32 for `head` (packed rows)."""
+    BOOL for `uncertain` and INT32 for `head` (-1, ENSEMBLE_HEAD, for ensemble rows)."""
     tensors = {}
     for name in names:
         array = gather(rows, name)

@@ -109,7 +109,7 @@ async def fast_predict(scope: Scope, receive: Receive, send: Send) -> None:
             headers.get(b"x-api-key", b"").decode("latin-1"),
         )
         served = registry.get(params["model"] or settings.default_model, params["version"])
-        with metrics.counted(served.labels):
+        with metrics.counted(served.labels, started):
             chunks = []
             while True:
                 message = await receive()

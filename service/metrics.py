@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -100,6 +101,28 @@ UNCERTAIN = Counter(
     "Predictions flagged uncertain (the model's flag measure above its threshold)",
     MODEL,
 )
+# Triton's statistics extension (service/statistics.py) reads these beside the histograms
+# above; counters, so that worker processes add up as every other metric does.
+MODEL_REQUEST_SECONDS = Counter(
+    "mimo_model_request_seconds",
+    "Seconds of inference requests, arrival to the answer computed, summed by outcome "
+    "(their number: mimo_model_requests_total)",
+    [*MODEL, "status"],
+)
+STAGES = ("input", "infer", "output")
+STAGE_SECONDS = Counter(
+    "mimo_stage_seconds",
+    "Seconds of each stage, summed over the images it served (a batch's time counts once for "
+    "each image in it): input = arrival to the batching queue (body, decoding, checks), "
+    "infer = tiling and the forward pass, output = softmax, mean and uncertainty",
+    [*MODEL, "stage"],
+)
+LAST_INFERENCE = Gauge(
+    "mimo_last_inference_timestamp_seconds",
+    "Unix time of the model's last forward pass",
+    MODEL,
+    multiprocess_mode="max",
+)
 MODEL_INFO = Gauge(
     "mimo_model_info",
     "1 for each served model version, with its ensemble size and execution provider",
@@ -172,15 +195,36 @@ def forget_dead_workers(folder: str) -> list[int]:
 
 
 @contextmanager
-def counted(labels: tuple[str, str]) -> Iterator[None]:
-    """Count an inference request of a model (`labels`: model, version) by outcome: its
-    4xx/5xx status, or 200."""
+def counted(labels: tuple[str, str], started: float) -> Iterator[None]:
+    """Count an inference request of a model (`labels`: model, version) and its seconds since
+    `started` (time.monotonic() at its arrival) by outcome: its 4xx/5xx status, or 200."""
     try:
         yield
     except Exception as exc:
-        child(MODEL_REQUESTS, *labels, str(getattr(exc, "status_code", 500))).inc()
+        status = str(getattr(exc, "status_code", 500))
+        child(MODEL_REQUESTS, *labels, status).inc()
+        child(MODEL_REQUEST_SECONDS, *labels, status).inc(time.monotonic() - started)
         raise
     child(MODEL_REQUESTS, *labels, "200").inc()
+    child(MODEL_REQUEST_SECONDS, *labels, "200").inc(time.monotonic() - started)
+
+
+def samples(*families: Counter | Gauge | Histogram) -> list[tuple[str, dict[str, str], float]]:
+    """The current samples of `families` (sample name, labels, value), over every worker
+    process in multiprocess mode, as /metrics shows them."""
+    names = {metric.name for family in families for metric in family.describe()}
+    if folder := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, folder)
+        collected = registry.collect()
+    else:
+        collected = (metric for family in families for metric in family.collect())
+    return [
+        (sample.name, sample.labels, sample.value)
+        for metric in collected
+        if metric.name in names
+        for sample in metric.samples
+    ]
 
 
 def exposition() -> tuple[bytes, str]:

@@ -26,7 +26,7 @@ from service.uncertainty import MEASURES
 SERVER = {
     "name": "mimo-serve",
     "version": "0.1.0",
-    "extensions": ["binary_tensor_data", "model_repository"],
+    "extensions": ["binary_tensor_data", "model_repository", "model_configuration", "statistics"],
 }
 PLATFORM = "onnxruntime_onnx"
 INPUT = "images"
@@ -51,7 +51,9 @@ def output_specs(model: ServedModel) -> list[dict[str, Any]]:
         *({"name": name, "datatype": "FP32", "shape": [-1]} for name in MEASURES),
         {"name": "kl_to_mean", "datatype": "FP32", "shape": [-1, m]},
         {"name": "uncertain", "datatype": "BOOL", "shape": [-1]},
-        {"name": "head", "datatype": "INT32", "shape": [-1]},  # packed mode only
+        # The slot whose head answered the image in packed mode; ENSEMBLE_HEAD in ensemble mode
+        # (asked for only: Triton's tools ask for every output the metadata lists).
+        {"name": "head", "datatype": "INT32", "shape": [-1]},
     ]
 
 
@@ -94,6 +96,14 @@ def metadata(registry: ModelRegistry, name: str, version: str | None) -> dict[st
             "modes": {mode: outputs_of(model, mode) for mode in MODES},
         },
     }
+
+
+def versions_of(registry: ModelRegistry, name: str, version: str | None) -> list[ServedModel]:
+    """The served versions of `name` (only `version` when one is given); 404 for none."""
+    if version:
+        return [registry.get(name, parse_version(version))]
+    registry.get(name)  # (its 404 when nothing of that name is served)
+    return [m for m in registry.models() if m.name == name]
 
 
 def images_from(
@@ -148,11 +158,6 @@ async def infer(
         raise BadRequest(
             f'outputs {ensemble_only} need the ensemble: send mode "ensemble" (the default) '
             f'for them; mode "packed" answers {available}'
-        )
-    if mode == "ensemble" and "head" in (outputs or ()):
-        raise BadRequest(
-            'output "head" exists only in packed mode: send parameters {"mode": "packed"} '
-            "or leave it out of `outputs`"
         )
     rows = await pool.infer(model, images, started, packed=mode == "packed")
     return oip_tensors(rows, available if outputs is None else outputs)

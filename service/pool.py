@@ -29,11 +29,18 @@ def batch_function(
     its metrics on the loop's next turn, after the request it answers has written its answer.
     """
     inference = metrics.INFERENCE_DURATION.labels(*model.labels)
+    infer_stage = metrics.STAGE_SECONDS.labels(*model.labels, "infer")
+    output_stage = metrics.STAGE_SECONDS.labels(*model.labels, "output")
+    last = metrics.LAST_INFERENCE.labels(*model.labels)
     m = model.contract.ensemble_size
     cores = cores or CoresBoard(None)
 
-    def record(answers: Answers, seconds: float) -> None:
+    def record(answers: Answers, seconds: float, output_seconds: float) -> None:
         inference.observe(seconds)
+        # (per image, as Triton's statistics count a batch's time for each request in it)
+        infer_stage.inc(seconds * len(answers))
+        output_stage.inc(output_seconds * len(answers))
+        last.set(time.time())
         answers.record(model.contract.labels, model.labels)
 
     def run(images: np.ndarray) -> Answers:
@@ -42,16 +49,18 @@ def batch_function(
             rows = model.rows_for(-(-len(images) // m) if packed else len(images))
             session = model.session_for(rows, lone=len(images) == 1 and not others_busy)
             logits = forward(session, pack(images, m, rows) if packed else tile(images, m, rows))
-        seconds = time.perf_counter() - started
+        ran = time.perf_counter()
         if packed:
             answers: Answers = score_packed(model.contract, logits, len(images))
         else:
             answers = score(model.contract, logits[: len(images)])
+        answers.prepare()
+        timings = (ran - started, time.perf_counter() - ran)
         try:
-            asyncio.get_running_loop().call_soon(record, answers, seconds)
+            asyncio.get_running_loop().call_soon(record, answers, *timings)
         except RuntimeError:  # (no loop in this thread: the inference thread)
-            record(answers, seconds)
-        return answers.prepare()
+            record(answers, *timings)
+        return answers
 
     return run
 
@@ -128,7 +137,9 @@ class BatcherPool:
         """
         budget = self.settings.request_timeout_s
         if started is not None:
-            budget -= time.monotonic() - started
+            arrived = time.monotonic() - started  # reading, decoding and checking it
+            budget -= arrived
+            metrics.child(metrics.STAGE_SECONDS, *model.labels, "input").inc(arrived * len(images))
         batcher = self.get(model, packed)
         rows = await batcher.submit(images, budget)
         if not batcher.queue and model not in self.registry.models():

@@ -120,7 +120,7 @@ async def predict(
 ) -> Response:
     started = time.monotonic()
     served = registry.get(model or settings.default_model, version)
-    with metrics.counted(served.labels):
+    with metrics.counted(served.labels, started):
         uploads = await read_images(request, settings.max_images_per_request)
         if len(uploads) > settings.max_images_per_request:
             raise BadRequest(

@@ -1,4 +1,5 @@
-"""The Open Inference Protocol (KServe v2) REST surface, plus Triton's repository extension.
+"""The Open Inference Protocol (KServe v2) REST surface, plus Triton's repository, model
+configuration and statistics extensions.
 
 What the model takes and answers is service/oip_model.py's, shared with the gRPC server.
 """
@@ -11,10 +12,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service import metrics, oip, oip_model
+from service import metrics, model_config, oip, oip_model
 from service.api.openapi import INFER, errors
 from service.deps import ApiKey, PoolDep, RegistryDep, SettingsDep
 from service.errors import BadRequest, Conflict, Forbidden
+from service.statistics import statistics
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
@@ -22,6 +24,40 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 @router.get("")
 def server_metadata() -> dict[str, Any]:
     return oip_model.SERVER
+
+
+# (before /models/{name}: "stats" is no model's name here)
+@router.get("/models/stats", dependencies=[ApiKey], responses=errors(401))
+def all_statistics(registry: RegistryDep) -> dict[str, Any]:
+    """Triton's statistics extension: every served model version."""
+    return statistics(registry.models())
+
+
+@router.get("/models/{name}/stats", dependencies=[ApiKey], responses=errors(401, 404))
+def model_statistics(name: str, registry: RegistryDep) -> dict[str, Any]:
+    return statistics(oip_model.versions_of(registry, name, None))
+
+
+@router.get(
+    "/models/{name}/versions/{version}/stats", dependencies=[ApiKey], responses=errors(401, 404)
+)
+def model_version_statistics(name: str, version: str, registry: RegistryDep) -> dict[str, Any]:
+    return statistics(oip_model.versions_of(registry, name, version))
+
+
+@router.get("/models/{name}/config", dependencies=[ApiKey], responses=errors(401, 404))
+def config(name: str, registry: RegistryDep, settings: SettingsDep) -> dict[str, Any]:
+    """Triton's model-configuration extension."""
+    return model_config.config(registry, name, None, settings)
+
+
+@router.get(
+    "/models/{name}/versions/{version}/config", dependencies=[ApiKey], responses=errors(401, 404)
+)
+def version_config(
+    name: str, version: str, registry: RegistryDep, settings: SettingsDep
+) -> dict[str, Any]:
+    return model_config.config(registry, name, version, settings)
 
 
 @router.get("/models/{name}", dependencies=[ApiKey], responses=errors(401, 404))
@@ -56,7 +92,7 @@ async def _infer(
 ) -> Response:
     started = time.monotonic()
     model = registry.get(name, oip_model.parse_version(version))
-    with metrics.counted(model.labels):
+    with metrics.counted(model.labels, started):
         parsed = oip.parse_request(await request.body(), request.headers.get(oip.HEADER))
         tensors = await oip_model.infer(
             model,

@@ -15,15 +15,17 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from google.protobuf.message import Message
 from starlette.datastructures import State
 
-from service import metrics, oip, oip_model
+from service import metrics, model_config, oip, oip_model
 from service.api.health import not_ready
 from service.auth import check_api_key
 from service.errors import BadRequest, ServiceError
 from service.oip_grpc import mimo_inference_pb2 as pb
 from service.settings import Settings
+from service.statistics import statistics
 
 log = logging.getLogger("mimo.grpc")
 
@@ -103,7 +105,7 @@ def metadata_response(meta: dict[str, Any]) -> pb.ModelMetadataResponse:
 
 
 class InferenceServicer:
-    """The six calls; each reads what the HTTP app's lifespan built from `state`."""
+    """The eight calls; each reads what the HTTP app's lifespan built from `state`."""
 
     def __init__(self, state: State, settings: Settings) -> None:
         self.state = state
@@ -133,6 +135,24 @@ class InferenceServicer:
         meta = oip_model.metadata(self.state.registry, request.name, request.version)
         return metadata_response(meta)
 
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> Message:
+        self._authorize(context)
+        config = model_config.config(
+            self.state.registry, request.name, request.version, self.settings
+        )
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> Message:
+        self._authorize(context)
+        registry = self.state.registry
+        # (an empty name: every model, as Triton answers)
+        models = (
+            oip_model.versions_of(registry, request.name, request.version)
+            if request.name
+            else registry.models()
+        )
+        return json_format.ParseDict(statistics(models), pb.ModelStatisticsResponse())
+
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Message:
         started = time.monotonic()
         self._authorize(context)
@@ -141,7 +161,7 @@ class InferenceServicer:
         model = self.state.registry.get(
             request.model_name, oip_model.parse_version(request.model_version)
         )
-        with metrics.counted(model.labels):
+        with metrics.counted(model.labels, started):
             tensors = await oip_model.infer(
                 model,
                 self.state.pool,
@@ -200,6 +220,8 @@ METHODS: dict[str, tuple[type[Message], type[Message]]] = {
     "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
     "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
     "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+    "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
+    "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
 }
 
 

@@ -273,11 +273,6 @@ def status_of(server: Server, request: pb.ModelInferRequest, **kwargs: object) -
             "outputs ['kl_to_mean'] need the ensemble",
         ),
         (
-            lambda r: r.outputs.add(name="head"),
-            grpc.StatusCode.INVALID_ARGUMENT,
-            'output "head" exists only in packed mode',
-        ),
-        (
             lambda r: r.raw_input_contents.extend([b"", b""]),
             grpc.StatusCode.INVALID_ARGUMENT,
             "raw_input_contents",

@@ -319,8 +319,20 @@ PACKED_ERRORS = {
         ["probabilities", "mutual_information"],
         "outputs ['mutual_information'] need the ensemble",
     ),
-    "head-in-ensemble": ({}, ["head"], 'output "head" exists only in packed mode'),
 }
+
+
+def test_head_in_ensemble_mode_is_every_head(
+    server: str, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Asked for in ensemble mode (Triton's perf_analyzer asks for every output the metadata
+    lists), `head` is -1 for each image: all M heads answered it."""
+    body = packed_body(digits[0][:3], parameters={})
+    body["outputs"] = [{"name": "head"}, {"name": "uncertain"}]
+    answer = httpx.post(f"{server}/v2/models/digits/infer", json=body, timeout=10)
+    assert answer.status_code == 200, answer.text
+    outputs = {o["name"]: o for o in answer.json()["outputs"]}
+    assert outputs["head"] == {"name": "head", "datatype": "INT32", "shape": [3], "data": [-1] * 3}
 
 
 @pytest.mark.parametrize("case", list(PACKED_ERRORS))
