@@ -209,10 +209,17 @@ def session_cpu_s(session: int) -> float:
 
 
 def hey(
-    url: str, image_path: Path, concurrency: int, seconds: float, server: int | None = None
+    url: str,
+    image_path: Path,
+    concurrency: int,
+    seconds: float,
+    server: int | None = None,
+    content_type: str = "image/png",
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One hey run; with `server` (its session id), the CPU that the server and hey spent per
-    request: both run on the same cores, so these say where the machine's time went."""
+    """One hey run posting the file `image_path` (as `content_type`, with `headers`); with
+    `server` (its session id), the CPU that the server and hey spent per request: both run on
+    the same cores, so these say where the machine's time went."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_s = session_cpu_s(server) if server else float("nan")
     done = subprocess.run(
@@ -225,7 +232,8 @@ def hey(
             "-m",
             "POST",
             "-T",
-            "image/png",
+            content_type,
+            *(arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")),
             "-D",
             str(image_path),
             url,

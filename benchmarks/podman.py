@@ -1,0 +1,109 @@
+"""Containers with Debian's podman, where no registry is reachable: base images are built from
+Debian's packages (mmdebstrap) and imported under a local name, once per machine.
+
+Podman runs here with `runc` and the `cgroupfs` manager and needs nofile/nproc limits set
+(`crun` fails: "cgroups in hybrid mode not supported"); that configuration is written to a file
+of our own and given to podman in CONTAINERS_CONF, so the machine's own stays untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+MIRROR = "http://deb.debian.org/debian"
+PROGRAMS = ("podman", "runc", "mmdebstrap")
+INSTALL = "apt-get install podman runc mmdebstrap (.ci/system-deps does)"
+
+
+class PodmanError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class DebianImage:
+    """A base image built from Debian's packages: `suite` with `packages` on top of minbase."""
+
+    name: str  # the local name it is imported under
+    suite: str  # "trixie", "bookworm"
+    packages: tuple[str, ...]
+    what: str  # what it is, for the test output: "Debian 13 (trixie) with glibc 2.41, built here"
+
+
+def environment() -> dict[str, str]:
+    """The environment podman runs in: the configuration above in CONTAINERS_CONF."""
+    path = Path(tempfile.gettempdir()) / "mimo-podman" / "containers.conf"
+    if not path.exists() or path.read_text() != CONFIG:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(CONFIG)
+    return {**os.environ, "CONTAINERS_CONF": str(path)}
+
+
+def podman(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        ["podman", *args],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and done.returncode != 0:
+        raise PodmanError(f"podman {' '.join(args[:3])} ...: {done.stderr.strip()[-2000:]}")
+    return done
+
+
+def unusable() -> str | None:
+    """Why no container can run here, or None when one can."""
+    missing = [p for p in PROGRAMS if shutil.which(p) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed: {INSTALL}"
+    try:
+        info = podman("info", "--format", "{{.Host.OCIRuntime.Name}}", timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"podman does not answer ({exc})"
+    if info.returncode != 0:
+        return f"podman cannot run here: {info.stderr.strip()[-500:]}"
+    return None
+
+
+def ensure_image(image: DebianImage, log: Path | None = None) -> bool:
+    """Build and import `image` unless it exists; True when it was built now (~25 s)."""
+    if podman("image", "exists", image.name, check=False).returncode == 0:
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        tarball = Path(folder) / "rootfs.tar"
+        done = subprocess.run(
+            [
+                "mmdebstrap",
+                "--variant=minbase",
+                f"--include={','.join(image.packages)}",
+                "--skip=output/dev",  # (device nodes: podman makes its own)
+                image.suite,
+                str(tarball),
+                MIRROR,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        if log is not None:
+            log.write_text(done.stdout + done.stderr)
+        if done.returncode != 0:
+            raise PodmanError(
+                f"mmdebstrap {image.suite} failed (is {MIRROR} reachable?): "
+                f"{done.stderr.strip()[-1000:]}"
+            )
+        podman("import", "--message", image.what, str(tarball), image.name, timeout=600)
+    return True
