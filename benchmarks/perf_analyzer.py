@@ -190,10 +190,9 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     from PIL import Image
 
     images = digits(args.data_dir)
-    args.out.mkdir(parents=True, exist_ok=True)
-    data = args.out / "data.json"
+    work = Path(tempfile.mkdtemp())  # (the digits stay out of the repository)
+    data = work / "data.json"
     data.write_text(json.dumps(input_data(images)))
-    work = Path(tempfile.mkdtemp())
     body, header_length = oip_request(images[0])
     (work / "oip.bin").write_bytes(body)
     Image.fromarray(np.round(images[0, 0] * 255).astype(np.uint8)).save(work / "digit.png")
@@ -289,6 +288,7 @@ def main() -> None:
     ensure_image(IMAGE)
     fetch()
     rows = measure(args)
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     (args.out / "table.md").write_text(table(rows))
     print(table(rows))
