@@ -1,4 +1,4 @@
-"""Command line: `python -m training {train,evaluate,export,flag} ...`."""
+"""Command line: `python -m training {train,evaluate,export,flag,drawn} ...`."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)
+    from training.drawn import add_drawn_parser
     from training.evaluate import add_evaluate_parser
     from training.export import add_export_parser
     from training.flag import add_flag_parser
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     add_evaluate_parser(sub)
     add_export_parser(sub)
     add_flag_parser(sub)
+    add_drawn_parser(sub)
     args = parser.parse_args(argv)
     try:
         return _run(args)

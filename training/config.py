@@ -48,6 +48,9 @@ class TrainConfig:
     # agreement: P(two heads agree), pushed down (needs M >= 2); uniform: each head's
     # cross-entropy to the uniform distribution, outlier exposure (Hendrycks et al., 2019)
     outlier_loss: str = "agreement"
+    # comma-separated, taking turns by step: smooth_noise (training.ood), pen_strokes
+    # (letters, symbols and doodles drawn as on the web page: training.strokes)
+    outlier_families: str = "smooth_noise"
     # run
     precision: str = "auto"  # auto (fp32 on CPU, bf16/fp16 on CUDA) | bf16 | fp16 | fp32
     device: str = "auto"  # auto | cpu | cuda

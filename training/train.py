@@ -31,7 +31,7 @@ from training.config import TrainConfig
 from training.data import ImageDataset, load_dataset, preprocess_spec, split_validation
 from training.models import MimoNetwork, build_network
 from training.models.mimo import tile
-from training.ood import TRAINING_FAMILIES, make_ood
+from training.ood import ALL_FAMILIES, make_ood
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,6 +93,13 @@ def validate(model: MimoNetwork, data: ImageDataset, device: torch.device) -> di
 
 def train(config: TrainConfig, resume: str | None = None) -> Path:
     """Train, checkpointing every epoch into config.out_dir; returns the final checkpoint."""
+    families = [f.strip() for f in config.outlier_families.split(",") if f.strip()]
+    unknown = [f for f in families if f not in ALL_FAMILIES]
+    if unknown or not families:
+        raise ValueError(
+            f"unknown outlier_families {unknown or config.outlier_families!r}: use one or more "
+            f"of {', '.join(ALL_FAMILIES)}, comma-separated"
+        )
     outlier_loss = OUTLIER_LOSSES.get(config.outlier_loss)
     if outlier_loss is None:
         raise ValueError(
@@ -243,7 +250,7 @@ def train(config: TrainConfig, resume: str | None = None) -> Path:
             n_rows = len(x)
             if config.outlier_weight > 0:
                 n_out = max(1, round(n_rows * config.outlier_fraction))
-                family = TRAINING_FAMILIES[step % len(TRAINING_FAMILIES)]
+                family = families[step % len(families)]
                 seed = (config.seed * 1_000_003 + step) * world + rank
                 outliers = torch.from_numpy(make_ood(family, n_out, (c, h, w), seed))
                 x = torch.cat([x, tile(outliers, M)])

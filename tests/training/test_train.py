@@ -111,6 +111,15 @@ def test_outlier_exposure_trains_a_single_network(tmp_path: Path) -> None:
         train(replace(config, outlier_loss="kl"))
 
 
+def test_outlier_families_take_turns(tmp_path: Path) -> None:
+    config = digits(tmp_path, outlier_weight=1.0, outlier_families="smooth_noise,pen_strokes")
+    checkpoint = run(replace(config, epochs=2, max_steps=4))
+    assert math.isfinite(checkpoint["history"][0]["loss"])
+    assert checkpoint["config"]["outlier_families"] == "smooth_noise,pen_strokes"
+    with pytest.raises(ValueError, match=r"unknown outlier_families \['doodles'\]"):
+        train(replace(config, outlier_families="smooth_noise,doodles"))
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("optimizer", "lion", "unknown optimizer"), ("schedule", "cosine", "unknown schedule")],

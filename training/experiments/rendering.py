@@ -468,14 +468,21 @@ def render(output: Path, notes: Path, records: Path = RECORDS) -> None:
     print(f"wrote {output} and {plot}")
 
 
+OUTLIER_WORDS = {
+    "smooth_noise": "synthetic smooth-noise images",
+    "pen_strokes": "letters, symbols and doodles drawn as on the web page (training/strokes.py)",
+}
+
+
 def model_card(metrics: dict[str, Any], version: int, reproduce: str, minutes: int) -> str:
     config = metrics["model"]["config"]
     clean, corrupted = metrics["clean"], metrics["corrupted"]["mean"]
     ood = metrics["ood_mean"]
     members = ", ".join(f"{100 * a:.2f}%" for a in clean["member_accuracy"])
+    families = config.get("outlier_families", "smooth_noise").split(",")
     outlier = (
-        f", and the outlier-disagreement loss (weight {config['outlier_weight']}) on synthetic "
-        "smooth-noise images"
+        f", and the outlier-disagreement loss (weight {config['outlier_weight']}) on "
+        + " and ".join(OUTLIER_WORDS.get(f, f) for f in families)
         if config["outlier_weight"]
         else ""
     )

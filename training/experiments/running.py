@@ -177,8 +177,11 @@ def table(args: argparse.Namespace) -> None:
 def default_model(args: argparse.Namespace) -> None:
     """Train `--config` for `--epochs`, evaluate on everything, export models/mnist/<version>."""
     point = parse(f"{args.config}-s{args.seed}")
-    runs = Path(args.runs) / f"default-{args.config}-e{args.epochs}-s{args.seed}"
+    drawn = "-" + args.outlier_families.replace(",", "+") if args.outlier_families else ""
+    runs = Path(args.runs) / f"default-{args.config}{drawn}-e{args.epochs}-s{args.seed}"
     flags = (*point.flags(), "--epochs", str(args.epochs))
+    if args.outlier_families:
+        flags += ("--outlier-families", args.outlier_families)
     if args.threads:
         flags += ("--threads", str(args.threads))
     metrics = train_and_evaluate(runs, args.data_dir, flags, FULL_EVAL_FLAGS)
@@ -208,6 +211,7 @@ def default_model(args: argparse.Namespace) -> None:
     reproduce = (
         f"python -m training.experiments default-model --data-dir <mnist> --config {args.config} "
         f"--epochs {args.epochs} --seed {args.seed} --version {args.version}"
+        + (f" --outlier-families {args.outlier_families}" if args.outlier_families else "")
     )
     minutes = round(seconds / 60 + 5)  # + evaluation and export
     write_atomic(target / "README.md", model_card(metrics, args.version, reproduce, minutes))
@@ -226,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument(
+        "--outlier-families",
+        help="the outlier loss's families, comma-separated (default: the configuration's, "
+        "smooth_noise); smooth_noise,pen_strokes adds drawings made as on the web page",
+    )
     p.set_defaults(run=default_model)
 
     for name, fn in (("grid", grid), ("results", results)):
