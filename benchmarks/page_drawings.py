@@ -29,6 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from training.drawn import summary_line  # noqa: E402
 from training.strokes import CANVAS, DIGITS, HELD_OUT, NON_DIGITS, Shape, hand  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -191,12 +192,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
-    digits, non, held = result["digits"], result["non_digits"], result["held_out"]
-    print(
-        f"{args.model}: drawn digits right {digits['right']:.1%}, right and unflagged "
-        f"{digits['right_unflagged']:.1%}; drawn non-digits flagged {non['flagged']:.1%}, "
-        f"held-out {held['flagged']:.1%} ({result['seconds']} s)"
-    )
+    print(f"{args.model}, through the page: {summary_line(result)} ({result['seconds']} s)")
 
 
 if __name__ == "__main__":

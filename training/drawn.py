@@ -71,6 +71,16 @@ def drawn_rates(model: Path, hands: int = 20, seed: int = 0) -> dict[str, Any]:
     return out
 
 
+def summary_line(rates: dict[str, Any]) -> str:
+    """The headline of `drawn_rates`' answer (or the page's, benchmarks/page_drawings.py)."""
+    digits, non, held = rates["digits"], rates["non_digits"], rates["held_out"]
+    return (
+        f"drawn digits right {digits['right']:.1%}, right and unflagged "
+        f"{digits['right_unflagged']:.1%}; drawn non-digits flagged {non['flagged']:.1%} "
+        f"(held-out shapes {held['flagged']:.1%})"
+    )
+
+
 def add_drawn_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("drawn", help="drawn digits and non-digits, as the web page draws them")
     p.add_argument("--model", type=Path, required=True, help="an exported model.onnx")
@@ -85,12 +95,7 @@ def run(args: argparse.Namespace) -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rates, indent=1) + "\n")
-    digits, non, held = rates["digits"], rates["non_digits"], rates["held_out"]
-    print(
-        f"{args.model}: drawn digits right {digits['right']:.1%}, right and unflagged "
-        f"{digits['right_unflagged']:.1%}; drawn non-digits flagged {non['flagged']:.1%} "
-        f"(held-out shapes {held['flagged']:.1%})"
-    )
+    print(f"{args.model}: {summary_line(rates)}")
     for group in ("non_digits", "held_out"):
         missed = {
             name: row["answered_as"]

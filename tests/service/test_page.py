@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Callable, Iterator
 from fnmatch import fnmatch
@@ -25,8 +26,9 @@ from support import ROOT, SERVICE, Process, free_port, service_env, start_servic
 from service.main import create_app
 from service.settings import Settings
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from page_drawings import CHROMEDRIVER, CHROMIUM, chromium
+
 STATIC = ROOT / "service" / "static"
 MNIST_DIR = Path(os.environ.get("MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
 WAIT_S = 15
@@ -105,21 +107,6 @@ def test_static_files_are_package_data() -> None:
 
 # --- the page in a browser -------------------------------------------------------------------
 
-# Without the background-networking flags chromium keeps calling home, which this closed
-# network refuses.
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,1000",
-)
-
 
 @pytest.fixture(scope="module")
 def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -152,24 +139,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def browser(tmp_path_factory: pytest.TempPathFactory, server: str) -> Iterator[object]:
     if not CHROMEDRIVER.exists():
         pytest.skip(f"{CHROMEDRIVER} is absent: install Debian's chromium-driver")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for errors
+    pytest.importorskip("selenium.webdriver")
+    profile = tmp_path_factory.mktemp("chromium-profile")
     log = tmp_path_factory.mktemp("chromedriver") / "chromedriver.log"
-    driver = webdriver.Chrome(
-        options=options, service=Service(str(CHROMEDRIVER), log_output=str(log))
-    )
-    driver.set_page_load_timeout(30)
-    try:
+    with chromium(profile, log) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture
