@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import lzma
+import re
 import shutil
 import subprocess
 import sys
@@ -83,7 +84,29 @@ def download(requirements: Path, into: Path, python_version: str) -> list[Path]:
     for platform in PLATFORMS:
         command += ["--platform", platform]
     subprocess.run(command, check=True)
-    return sorted(into.glob("*.whl"))
+    # Only the wheels the file pins: the folder is a cache that other requirement files (and
+    # older pins) share.
+    pinned = {
+        (canonical(name), version.strip())
+        for line in requirements.read_text().splitlines()
+        if "==" in (text := line.split("#")[0].strip())
+        for name, version in [text.split("==", 1)]
+    }
+    found = {pin_of(w): w for w in into.glob("*.whl") if pin_of(w) in pinned}
+    if missing := sorted(f"{n}=={v}" for n, v in pinned - set(found)):
+        raise SystemExit(f"pip downloaded no wheel for {missing}")
+    return sorted(found.values())
+
+
+def pin_of(wheel: Path) -> tuple[str, str]:
+    """(name, version) of a wheel file: {name}-{version}-{tags}.whl."""
+    name, version = wheel.name.split("-")[:2]
+    return canonical(name), version
+
+
+def canonical(name: str) -> str:
+    """A distribution's name as PyPI compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def build_tar(wheels: list[Path], extras: list[Path], unpack_above: int) -> bytes:

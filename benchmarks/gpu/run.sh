@@ -4,13 +4,19 @@
 #   bash benchmarks/gpu/run.sh receive          # each call carrying .gpu/part1 ... part(N-1)
 #   bash benchmarks/gpu/run.sh bench [ARGS]     # the call carrying .gpu/partN: install, measure
 # ARGS go to bench_gpu.py; the results land in $OUT (the device tool's folder) or ./gpu-results.
+# The capacity grid (benchmarks/gpu/grid.py) the same way, from .gpu-grid/ (prepare_grid.sh):
+#   bash benchmarks/gpu/run.sh grid-receive     # each call carrying .gpu-grid/part1 ... (N-1)
+#   bash benchmarks/gpu/run.sh grid [ARGS]      # the call carrying .gpu-grid/partN
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 stage=${MIMO_GPU_STAGE:-/tmp/mimo-gpu}
 shopt -s nullglob
-parts=(.gpu/part*)
-what=${1:?say receive or bench}
+what=${1:?say receive, bench, grid-receive or grid}
 shift
+case "$what" in
+  grid*) stage=${MIMO_GPU_STAGE:-/tmp/mimo-grid}; parts=(.gpu-grid/part*) ;;
+  *) parts=(.gpu/part*) ;;
+esac
 case "$what" in
   receive)
     python3 benchmarks/gpu/payload.py receive "${parts[@]}" --stage "$stage"
@@ -22,5 +28,14 @@ case "$what" in
     exec python3 benchmarks/gpu/bench_gpu.py --out "${OUT:-gpu-results}" \
       --digits "$stage/files/digits.npz" "$@"
     ;;
-  *) echo "run.sh: say receive or bench, not $what" >&2; exit 2 ;;
+  grid-receive)
+    python3 benchmarks/gpu/payload.py receive "${parts[@]}" --stage "$stage"
+    ;;
+  grid)
+    python3 benchmarks/gpu/payload.py install "${parts[@]}" --stage "$stage" --target "$stage/site"
+    export PYTHONPATH="$stage/site" PYTHONUNBUFFERED=1
+    nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
+    exec python3 benchmarks/gpu/grid.py --data-dir "$stage/files" --out "${OUT:-grid-results}" "$@"
+    ;;
+  *) echo "run.sh: say receive, bench, grid-receive or grid, not $what" >&2; exit 2 ;;
 esac

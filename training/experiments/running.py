@@ -91,13 +91,22 @@ def trained_record(
     return {**extra, "train_seconds": seconds, "parameters": parameters, "metrics": metrics}
 
 
-def grid_point(point: GridPoint, runs: Path, data_dir: str, epochs: int, threads: int) -> Path:
-    """Train and evaluate one grid point; record it under docs/results/grid/."""
-    record = RECORDS / "grid" / f"{point.name}.json"
+def grid_point(
+    point: GridPoint,
+    runs: Path,
+    data_dir: str,
+    epochs: int,
+    threads: int,
+    records: Path = RECORDS / "grid",
+    extra: Sequence[str] = (),
+) -> Path:
+    """Train and evaluate one grid point; record it under `records` (docs/results/grid/).
+    `extra`: more training flags (the GPU grid's device; a test's tiny size)."""
+    record = records / f"{point.name}.json"
     if record.exists():
         return record
-    flags = (*point.flags(), "--epochs", str(epochs), "--threads", str(threads))
-    out = runs / "grid" / point.name
+    flags = (*point.flags(), "--epochs", str(epochs), "--threads", str(threads), *extra)
+    out = runs / records.name / point.name
     data = trained_record(
         out, data_dir, flags, GRID_EVAL_FLAGS, point=asdict(point), epochs=epochs, threads=threads
     )
