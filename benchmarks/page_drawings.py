@@ -69,7 +69,7 @@ def chromium(profile: Path, log: Path) -> Iterator[Any]:
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for errors
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})  # the console, for errors
     driver = webdriver.Chrome(
         options=options, service=Service(str(CHROMEDRIVER), log_output=str(log))
     )

@@ -8,6 +8,8 @@ Screenshots of every state go to $MIMO_SCREENSHOT_DIR when set, else under pytes
 from __future__ import annotations
 
 import base64
+import io
+import json
 import os
 import re
 import sys
@@ -293,6 +295,45 @@ def test_draw_a_one(page: Page) -> None:
     page.find("#classify-drawing").click()
     page.until("the empty-drawing message", lambda d: page.find("#error").is_displayed())
     assert page.find("#error").text.startswith("Draw a digit first")
+
+
+def posted_drawing(driver) -> bytes:
+    """The body of the page's last POST /predict, from Chromium's network log (DevTools)."""
+    ids = [
+        message["params"]["requestId"]
+        for entry in driver.get_log("performance")
+        if (message := json.loads(entry["message"])["message"])["method"]
+        == "Network.requestWillBeSent"
+        and message["params"]["request"]["url"].split("?")[0].endswith("/predict")
+    ]
+    sent = driver.execute_cdp_cmd("Network.getRequestPostData", {"requestId": ids[-1]})
+    data = sent["postData"]
+    return base64.b64decode(data) if sent.get("base64Encoded") else data.encode("latin-1")
+
+
+@pytest.mark.slow
+def test_a_drawing_is_sent_as_training_draws_it(page: Page) -> None:
+    """The outliers that teach the model what a drawn non-digit is (training/strokes.py) are
+    drawn as the page draws: the same strokes drawn here with the pointer reach the service as
+    the same image, to antialiasing (mean difference under 3 % of the pixel range)."""
+    from page_drawings import draw
+
+    from service.preprocess import to_input
+    from training.strokes import DIGITS, NON_DIGITS, canvas, hand, page_crop
+
+    spec = {"color": "L", "resize": [28, 28], "resample": "bilinear"}
+    page.driver.execute_cdp_cmd("Network.enable", {"maxPostDataSize": 1 << 24})
+    rng = np.random.default_rng(0)
+    for shape in (NON_DIGITS["A"], NON_DIGITS["house"], DIGITS["7"]):
+        strokes = hand(shape, rng)
+        page.driver.get_log("performance")  # (only this drawing's requests after this)
+        answer = draw(page.driver, strokes)
+        assert answer["label"] is not None, answer
+        with Image.open(io.BytesIO(posted_drawing(page.driver))) as sent:
+            mine = page_crop(canvas(strokes))
+            assert mine is not None and abs(sent.size[0] - mine.size[0]) <= 2
+            difference = np.abs(to_input(sent, spec) - to_input(mine, spec))
+        assert difference.mean() < 0.03, difference.mean()
 
 
 @pytest.mark.slow
