@@ -69,7 +69,8 @@ def chromium(profile: Path, log: Path) -> Iterator[Any]:
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})  # the console, for errors
+    # the console (errors) and the network log (what the page posted: the tests read it)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(
         options=options, service=Service(str(CHROMEDRIVER), log_output=str(log))
     )
