@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,20 @@ def start_service(
         process.stop()
         raise
     return process
+
+
+@dataclass
+class Endpoints:
+    http: str  # base URL
+    grpc: str  # host:port
+
+
+def serve_with_grpc(repository: Path, log: Path, **extra: str) -> tuple[Process, Endpoints]:
+    """`python -m service` on `repository` with gRPC, both on free ports; `extra`: MIMO_*."""
+    port, grpc_port = free_port(), free_port()
+    env = service_env(repository, port, MIMO_GRPC_PORT=str(grpc_port), **extra)
+    process = start_service(SERVICE, env, ROOT, log)
+    return process, Endpoints(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
 
 
 def failed_start(env: dict[str, str], log: Path, timeout: float = 60) -> str:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -19,12 +18,11 @@ import tritonclient.grpc as triton
 import tritonclient.http as triton_http
 from support import (
     ROOT,
-    SERVICE,
-    Process,
+    Endpoints,
     failed_start,
     free_port,
+    serve_with_grpc,
     service_env,
-    start_service,
 )
 from tritonclient.utils import InferenceServerException
 
@@ -44,23 +42,10 @@ OUTPUTS = [
 ]
 
 
-@dataclass
-class Server:
-    http: str  # base URL
-    grpc: str  # host:port
-
-
-def serve(repository: Path, log: Path, **extra: str) -> tuple[Process, Server]:
-    port, grpc_port = free_port(), free_port()
-    env = service_env(repository, port, MIMO_GRPC_PORT=str(grpc_port), **extra)
-    process = start_service(SERVICE, env, ROOT, log)
-    return process, Server(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
-
-
 @pytest.fixture(scope="module")
-def server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
     log = tmp_path_factory.mktemp("grpc-server") / "server.log"
-    process, where = serve(model_repository, log)
+    process, where = serve_with_grpc(model_repository, log)
     try:
         yield where
     finally:
@@ -68,7 +53,7 @@ def server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def client(server: Server) -> Iterator[triton.InferenceServerClient]:
+def client(server: Endpoints) -> Iterator[triton.InferenceServerClient]:
     c = triton.InferenceServerClient(server.grpc)
     yield c
     c.close()
@@ -102,7 +87,7 @@ def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
 
 
 def test_metadata_is_the_rest_metadata(
-    client: triton.InferenceServerClient, server: Server
+    client: triton.InferenceServerClient, server: Endpoints
 ) -> None:
     rest = httpx.get(f"{server.http}/v2/models/digits").json()
     grpc_meta = client.get_model_metadata("digits", as_json=True)
@@ -112,7 +97,7 @@ def test_metadata_is_the_rest_metadata(
 
 
 def test_infer_real_digits_as_http_does(
-    client: triton.InferenceServerClient, server: Server, digits: tuple[np.ndarray, np.ndarray]
+    client: triton.InferenceServerClient, server: Endpoints, digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
     images, labels = digits
     out = infer(client, images.astype(np.float32) / 255.0, "FP32")
@@ -180,7 +165,7 @@ def test_packed_mode(
     np.testing.assert_allclose(copies["probabilities"], expected, atol=1e-5)
 
 
-def call(server: Server, method: str, request: object, response: type, **kwargs: object):
+def call(server: Endpoints, method: str, request: object, response: type, **kwargs: object):
     """A plain grpc channel: the path every OIP client uses, no tritonclient in between."""
     with grpc.insecure_channel(server.grpc) as channel:
         stub = channel.unary_unary(
@@ -199,7 +184,7 @@ def contents_request(images: np.ndarray) -> pb.ModelInferRequest:
 
 
 def test_typed_contents_instead_of_raw_bytes(
-    client: triton.InferenceServerClient, server: Server, digits
+    client: triton.InferenceServerClient, server: Endpoints, digits
 ) -> None:
     images = digits[0][:3].astype(np.float32) / 255.0
     answer, _ = call(server, "ModelInfer", contents_request(images), pb.ModelInferResponse)
@@ -210,7 +195,7 @@ def test_typed_contents_instead_of_raw_bytes(
     np.testing.assert_allclose(p, infer(client, images, "FP32")["probabilities"], atol=1e-6)
 
 
-def test_packed_typed_contents_answer_int32_heads(server: Server) -> None:
+def test_packed_typed_contents_answer_int32_heads(server: Endpoints) -> None:
     request = contents_request(np.full((4, 1, 8, 8), 0.5, np.float32))
     request.parameters["mode"].string_param = "packed"
     request.outputs.add(name="head")
@@ -220,7 +205,7 @@ def test_packed_typed_contents_answer_int32_heads(server: Server) -> None:
     assert np.frombuffer(answer.raw_output_contents[0], "<i4").tolist() == [0, 1, 2, 0]
 
 
-def status_of(server: Server, request: pb.ModelInferRequest, **kwargs: object) -> grpc.RpcError:
+def status_of(server: Endpoints, request: pb.ModelInferRequest, **kwargs: object) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as caught:
         call(server, "ModelInfer", request, pb.ModelInferResponse, **kwargs)
     return caught.value
@@ -284,7 +269,9 @@ def status_of(server: Server, request: pb.ModelInferRequest, **kwargs: object) -
         ),
     ],
 )
-def test_bad_requests_get_the_http_error_as_a_status(server: Server, mutate, code, words) -> None:
+def test_bad_requests_get_the_http_error_as_a_status(
+    server: Endpoints, mutate, code, words
+) -> None:
     request = contents_request(np.zeros((1, 1, 8, 8), np.float32))
     mutate(request)
     error = status_of(server, request)
@@ -292,7 +279,7 @@ def test_bad_requests_get_the_http_error_as_a_status(server: Server, mutate, cod
     assert words in error.details()
 
 
-def test_raw_bytes_of_the_wrong_size(server: Server) -> None:
+def test_raw_bytes_of_the_wrong_size(server: Endpoints) -> None:
     request = pb.ModelInferRequest(model_name="digits")
     request.inputs.add(name="images", datatype="FP32", shape=[1, 1, 8, 8])
     request.raw_input_contents.append(b"\0" * 10)
@@ -302,7 +289,7 @@ def test_raw_bytes_of_the_wrong_size(server: Server) -> None:
 
 
 def test_message_over_the_body_limit(model_repository: Path, tmp_path: Path) -> None:
-    process, where = serve(model_repository, tmp_path / "log", MIMO_MAX_BODY_BYTES="4096")
+    process, where = serve_with_grpc(model_repository, tmp_path / "log", MIMO_MAX_BODY_BYTES="4096")
     try:
         request = pb.ModelInferRequest(model_name="digits")
         request.inputs.add(name="images", datatype="FP32", shape=[64, 1, 8, 8])
@@ -314,7 +301,7 @@ def test_message_over_the_body_limit(model_repository: Path, tmp_path: Path) -> 
 
 
 def test_api_key_queue_limit_and_metrics(model_repository: Path, tmp_path: Path) -> None:
-    process, where = serve(
+    process, where = serve_with_grpc(
         model_repository, tmp_path / "log", MIMO_API_KEY="s3cret", MIMO_MAX_QUEUE_SIZE="2"
     )
     try:
@@ -365,7 +352,7 @@ def test_api_key_queue_limit_and_metrics(model_repository: Path, tmp_path: Path)
 
 
 def test_grpc_and_http_requests_share_forward_passes(
-    server: Server, digits: tuple[np.ndarray, np.ndarray]
+    server: Endpoints, digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
     """Many concurrent calls over both protocols: all answered, labels as over /predict."""
     images = digits[0].astype(np.float32) / 255.0
@@ -396,7 +383,9 @@ def test_grpc_and_http_requests_share_forward_passes(
     assert by_grpc == by_http
 
 
-def test_port_in_use_fails_loudly(model_repository: Path, tmp_path: Path, server: Server) -> None:
+def test_port_in_use_fails_loudly(
+    model_repository: Path, tmp_path: Path, server: Endpoints
+) -> None:
     taken = server.grpc.split(":")[1]
     port = free_port()
     env = service_env(model_repository, port, MIMO_GRPC_PORT=taken)
@@ -447,7 +436,7 @@ asyncio.run(main())
 
 
 def test_kserve_grpc_client(
-    client: triton.InferenceServerClient, server: Server, digits, tmp_path: Path
+    client: triton.InferenceServerClient, server: Endpoints, digits, tmp_path: Path
 ) -> None:
     """KServe's own InferenceGRPCClient. In a process of its own: its `inference.*` protobuf
     messages and tritonclient's cannot be loaded into one Python process."""

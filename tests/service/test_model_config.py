@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from fastapi.testclient import TestClient
-from support import ROOT, SERVICE, free_port, service_env, start_service
+from support import serve_with_grpc
 from tritonclient.utils import InferenceServerException
 
 from service.main import create_app
@@ -23,19 +23,16 @@ from service.settings import Settings
 @pytest.fixture(scope="module")
 def server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """host:port of HTTP, then of gRPC: two workers, a batch limit of 16, a 2 ms delay."""
-    port, grpc_port = free_port(), free_port()
-    env = service_env(
+    log = tmp_path_factory.mktemp("config-server") / "server.log"
+    process, where = serve_with_grpc(
         model_repository,
-        port,
-        MIMO_GRPC_PORT=str(grpc_port),
+        log,
         MIMO_WORKERS="2",
         MIMO_MAX_BATCH_SIZE="16",
         MIMO_MAX_QUEUE_DELAY_MS="2",
     )
-    log = tmp_path_factory.mktemp("config-server") / "server.log"
-    process = start_service(SERVICE, env, ROOT, log)
     try:
-        yield f"127.0.0.1:{port} 127.0.0.1:{grpc_port}"
+        yield f"{where.http.removeprefix('http://')} {where.grpc}"
     finally:
         process.stop()
 

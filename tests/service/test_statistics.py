@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from support import ROOT, SERVICE, free_port, service_env, start_service
+from support import serve_with_grpc
 from tritonclient.utils import InferenceServerException
 
 from service.statistics import model_statistics
@@ -66,12 +66,10 @@ def test_a_model_never_called_has_zeros() -> None:
 @pytest.fixture(scope="module")
 def server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """host:port of HTTP, then of gRPC: two worker processes, each counting its own share."""
-    port, grpc_port = free_port(), free_port()
-    env = service_env(model_repository, port, MIMO_GRPC_PORT=str(grpc_port), MIMO_WORKERS="2")
     log = tmp_path_factory.mktemp("stats-server") / "server.log"
-    process = start_service(SERVICE, env, ROOT, log)
+    process, where = serve_with_grpc(model_repository, log, MIMO_WORKERS="2")
     try:
-        yield f"127.0.0.1:{port} 127.0.0.1:{grpc_port}"
+        yield f"{where.http.removeprefix('http://')} {where.grpc}"
     finally:
         process.stop()
 
