@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,11 @@ def validate(model: MimoNetwork, data: ImageDataset, device: torch.device) -> di
     return {"val_accuracy": correct / n, "val_member_accuracy": (member_correct / n).tolist()}
 
 
-def train(config: TrainConfig, resume: str | None = None) -> Path:
-    """Train, checkpointing every epoch into config.out_dir; returns the final checkpoint."""
+def outlier_plan(
+    config: TrainConfig,
+) -> tuple[list[str], Callable[[torch.Tensor], torch.Tensor]]:
+    """The outlier families taking turns and the outlier loss of `config`; ValueError for a
+    name that does not exist or a loss that cannot work."""
     families = [f.strip() for f in config.outlier_families.split(",") if f.strip()]
     unknown = [f for f in families if f not in ALL_FAMILIES]
     if unknown or not families:
@@ -114,6 +118,11 @@ def train(config: TrainConfig, resume: str | None = None) -> Path:
             "the agreement outlier loss needs two heads or more (ensemble_size >= 2); a single "
             "network takes --outlier-loss uniform (outlier exposure)"
         )
+    return families, outlier_loss
+
+
+def train(config: TrainConfig, resume: str | None = None) -> Path:
+    """Train, checkpointing every epoch into config.out_dir; returns the final checkpoint."""
     # ---- processes: plain, or one of several under torchrun ----
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = resolve_device(config.device)
@@ -136,6 +145,7 @@ def train(config: TrainConfig, resume: str | None = None) -> Path:
         config = config_from_dict(
             {**asdict(saved), "epochs": config.epochs, "max_steps": config.max_steps}
         )
+    families, outlier_loss = outlier_plan(config)  # the resumed run's own, not the caller's
     torch.manual_seed(config.seed)
     out_dir = Path(config.out_dir)
 

@@ -120,6 +120,24 @@ def test_outlier_families_take_turns(tmp_path: Path) -> None:
         train(replace(config, outlier_families="smooth_noise,doodles"))
 
 
+def test_a_resumed_run_keeps_its_outliers(tmp_path: Path) -> None:
+    """Resumed from a checkpoint, a run trains on the checkpoint's outlier families and loss,
+    not on the defaults of whoever resumes it: it lands on the uninterrupted run's weights."""
+    drawn = {
+        "outlier_weight": 1.0,
+        "outlier_families": "pen_strokes",
+        "outlier_loss": "uniform",
+        # (a schedule that does not depend on the run's length: see the test above)
+        "schedule": "step",
+        "warmup_epochs": 1.0,
+    }
+    straight = run(digits(tmp_path / "straight", epochs=2, **drawn))
+    run(digits(tmp_path / "resumed", epochs=1, **drawn))
+    resumed = run(digits(tmp_path / "resumed", epochs=2), resume=tmp_path / "resumed" / "last.pt")
+    assert resumed["config"]["outlier_families"] == "pen_strokes"
+    assert_same_weights(resumed["model"], straight["model"])
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("optimizer", "lion", "unknown optimizer"), ("schedule", "cosine", "unknown schedule")],
