@@ -29,8 +29,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from training.drawn import summary_line  # noqa: E402
-from training.strokes import CANVAS, DIGITS, HELD_OUT, NON_DIGITS, Shape, hand  # noqa: E402
+from training.drawn import GROUPS, summary_line  # noqa: E402
+from training.strokes import CANVAS, Shape, hand  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -48,11 +48,6 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--window-size=1280,1000",
 )
-GROUPS: dict[str, dict[str, Shape]] = {
-    "digits": DIGITS,
-    "non_digits": NON_DIGITS,
-    "held_out": HELD_OUT,
-}
 LOOKS_LIKE = re.compile(r"looks like a (\S+)\.$")
 BEST_GUESS = re.compile(r"Best guess (\S+),")
 WAIT_S = 15

@@ -99,7 +99,10 @@ def metadata(registry: ModelRegistry, name: str, version: str | None) -> dict[st
 
 
 def versions_of(registry: ModelRegistry, name: str, version: str | None) -> list[ServedModel]:
-    """The served versions of `name` (only `version` when one is given); 404 for none."""
+    """The served versions of `name` (only `version` when one is given); 404 for none. An
+    empty name is every served model, as Triton's statistics extension reads it."""
+    if not name:
+        return registry.models()
     if version:
         return [registry.get(name, parse_version(version))]
     registry.get(name)  # (its 404 when nothing of that name is served)

@@ -30,7 +30,7 @@ def server_metadata() -> dict[str, Any]:
 @router.get("/models/stats", dependencies=[ApiKey], responses=errors(401))
 def all_statistics(registry: RegistryDep) -> dict[str, Any]:
     """Triton's statistics extension: every served model version."""
-    return statistics(registry.models())
+    return statistics(oip_model.versions_of(registry, "", None))
 
 
 @router.get("/models/{name}/stats", dependencies=[ApiKey], responses=errors(401, 404))

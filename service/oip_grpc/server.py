@@ -144,13 +144,7 @@ class InferenceServicer:
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> Message:
         self._authorize(context)
-        registry = self.state.registry
-        # (an empty name: every model, as Triton answers)
-        models = (
-            oip_model.versions_of(registry, request.name, request.version)
-            if request.name
-            else registry.models()
-        )
+        models = oip_model.versions_of(self.state.registry, request.name, request.version)
         return json_format.ParseDict(statistics(models), pb.ModelStatisticsResponse())
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Message:
