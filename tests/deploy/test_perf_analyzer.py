@@ -9,6 +9,7 @@ container can run.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -66,7 +67,7 @@ def test_perf_analyzer_runs_unchanged(
     http, grpc = server.split()
     images = digits[0].astype(np.float32) / 255.0  # 20 real digits
     data = tmp_path / "data.json"
-    data.write_text(perf_analyzer.json.dumps(perf_analyzer.input_data(images)))
+    data.write_text(json.dumps(perf_analyzer.input_data(images)))
     before = triton_http.InferenceServerClient(http).get_inference_statistics("digits")
     run = perf_analyzer.run(
         http if protocol == "http" else grpc,
