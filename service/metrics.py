@@ -12,7 +12,7 @@ import functools
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -129,6 +129,17 @@ MODEL_INFO = Gauge(
     [*MODEL, "ensemble_size", "provider"],
     multiprocess_mode="max",
 )
+
+
+def start_series(model: str, version: str, class_names: Sequence[str]) -> None:
+    """A served version's prediction counters and uncertainty histograms, created at zero
+    before its first request: Prometheus' rate() counts only what a series gains after its
+    first scrape, so a series born during a burst loses the burst (a new version's uncertain
+    share, and the alerts on it, would be wrong for its first minutes)."""
+    for metric in (UNCERTAIN, MUTUAL_INFORMATION, PREDICTIVE_ENTROPY, DISAGREEMENT):
+        metric.labels(model, version)
+    for name in class_names:
+        PREDICTIONS.labels(model, version, name)
 
 
 _Metric = TypeVar("_Metric", Counter, Gauge, Histogram)

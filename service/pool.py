@@ -79,8 +79,11 @@ class BatcherPool:
         self.publish()
 
     def publish(self) -> None:
-        """mimo_model_info and mimo_queue_capacity of each served version; 0 once retired."""
+        """mimo_model_info and mimo_queue_capacity of each served version, 0 once retired; a new
+        version's prediction series, at zero."""
         served = set(self.registry.models())
+        for model in served - self._published:
+            metrics.start_series(model.name, str(model.version), model.contract.labels)
         for model in served | self._published:
             metrics.MODEL_INFO.labels(
                 model.name, str(model.version), str(model.contract.ensemble_size), model.provider

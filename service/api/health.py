@@ -8,6 +8,7 @@ from starlette.datastructures import State
 from service import metrics
 from service.api.openapi import errors
 from service.errors import Unavailable
+from service.healthcheck import READY_PATH
 
 router = APIRouter(tags=["health"])
 
@@ -31,7 +32,7 @@ def not_ready(state: State) -> str | None:
     return None
 
 
-@router.get("/v2/health/ready", responses=errors(503, e503="not ready: loading, or no model"))
+@router.get(READY_PATH, responses=errors(503, e503="not ready: loading, or no model"))
 def ready(request: Request) -> dict[str, bool]:
     reason = not_ready(request.app.state)
     if reason is not None:
