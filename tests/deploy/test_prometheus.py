@@ -8,9 +8,7 @@ be valid PromQL that Prometheus answers.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections import Counter
 from typing import Any
 
@@ -18,10 +16,11 @@ import httpx
 import pytest
 import yaml
 from deploy_support import (
-    DASHBOARD,
+    GRAFANA_VARIABLES,
     NO_PROMETHEUS,
     PROMETHEUS_DIR,
     Observed,
+    dashboard_queries,
     prometheus_query,
 )
 from support import wait_for
@@ -172,22 +171,6 @@ def test_recording_rules_aggregate_the_real_series(prometheus: str, observed: Ob
         assert math.isnan(value) or value >= 0, (record, value)
     share = float(prometheus_query(prometheus, "mimo:uncertain_share:ratio_rate30m")[0]["value"][1])
     assert math.isnan(share) or 0 <= share <= 1
-
-
-GRAFANA_VARIABLES = {"$model": ".*", "$__rate_interval": "1m", "$__interval": "15s"}
-
-
-def dashboard_queries() -> list[tuple[str, str]]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    queries = [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
-    for variable in dashboard["templating"]["list"]:
-        query = variable.get("query")
-        if isinstance(query, dict):
-            # label_values(metric, label) is Grafana's; the metric selector is PromQL
-            match = re.fullmatch(r"label_values\((.+),\s*\w+\)", query["query"])
-            assert match, query
-            queries.append((f"${variable['name']}", match.group(1)))
-    return queries
 
 
 def test_every_dashboard_query_is_valid_promql(prometheus: str) -> None:
