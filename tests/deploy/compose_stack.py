@@ -41,6 +41,14 @@ SERVICES = ("api", "prometheus")  # grafana cannot run here (module docstring)
 SHORTENED = ("MimoServeUncertainShareHigh", "MimoServeUncertainShareRising")
 SHORT_FOR = "5s"
 NO_CONTAINERS = "NO CONTAINER ENGINE CAN RUN HERE, the compose stack untested"
+# What the run found (images, timings, figures): shown at the end of pytest's output
+# (tests/deploy/conftest.py), passing or not.
+FINDINGS: list[str] = []
+
+
+def report(line: str) -> None:
+    FINDINGS.append(line)
+    print(line)
 
 
 def compose_binary() -> Path:

@@ -21,6 +21,7 @@ import yaml
 # nothing else puts this folder on the path.
 sys.path.insert(0, str(Path(__file__).parent))
 
+from compose_stack import FINDINGS
 from deploy_support import (
     PROMETHEUS_DIR,
     ROOT,
@@ -90,3 +91,10 @@ def observed(
         if prometheus is not None:
             prometheus.stop()
         service.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FINDINGS:
+        terminalreporter.write_sep("-", "docker compose stack (tests/deploy/test_containers.py)")
+        for line in FINDINGS:
+            terminalreporter.write_line(line)
