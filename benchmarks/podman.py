@@ -5,8 +5,11 @@ Podman runs here with `runc` and the `cgroupfs` manager and needs nofile/nproc l
 (`crun` fails: "cgroups in hybrid mode not supported"); containers on one network find each
 other by name through netavark's aardvark-dns (the CNI backend has no DNS here). That
 configuration is written to a file of our own and given to podman in CONTAINERS_CONF, so the
-machine's own stays untouched. `api_socket` serves podman's Docker-compatible API, which Docker
-Compose drives through DOCKER_HOST.
+machine's own stays untouched. So does its image store: images and containers of the tests live
+in a store of their own (CONTAINERS_STORAGE_CONF), so that a base image built here under an
+official name (`python:3.11-slim`) never stands in for the real one outside the tests, and a
+later run with a registry pulls the real one. `api_socket` serves podman's Docker-compatible API,
+which Docker Compose drives through DOCKER_HOST.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+"""
+# Containers on one network find each other by name only with netavark (and aardvark-dns).
+NETAVARK = """\
 [network]
 network_backend = "netavark"
 """
@@ -54,13 +60,32 @@ class DebianImage:
     changes: tuple[str, ...] = ()  # podman import --change instructions (ENV, USER, ...)
 
 
-def environment() -> dict[str, str]:
-    """The environment podman runs in: the configuration above in CONTAINERS_CONF."""
-    path = Path(tempfile.gettempdir()) / "mimo-podman" / "containers.conf"
-    if not path.exists() or path.read_text() != CONFIG:
+# podman's configuration and the tests' image store (kept between runs: a cache)
+FOLDER = Path(tempfile.gettempdir()) / f"mimo-podman-{os.getuid()}"
+
+
+def write_if_changed(path: Path, text: str) -> Path:
+    if not path.exists() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(CONFIG)
-    return {**os.environ, "CONTAINERS_CONF": str(path)}
+        path.write_text(text)
+    return path
+
+
+def environment() -> dict[str, str]:
+    """The environment podman runs in: the configuration above in CONTAINERS_CONF, the tests'
+    own image store in CONTAINERS_STORAGE_CONF."""
+    config = CONFIG + (NETAVARK if Path(NETWORK_HELPERS[0]).exists() else "")
+    storage = f"""\
+[storage]
+driver = "overlay"
+graphroot = "{FOLDER / "storage"}"
+runroot = "{FOLDER / "run"}"
+"""
+    return {
+        **os.environ,
+        "CONTAINERS_CONF": str(write_if_changed(FOLDER / "containers.conf", config)),
+        "CONTAINERS_STORAGE_CONF": str(write_if_changed(FOLDER / "storage.conf", storage)),
+    }
 
 
 def podman(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
@@ -76,10 +101,12 @@ def podman(*args: str, timeout: float = 300, check: bool = True) -> subprocess.C
     return done
 
 
-def unusable() -> str | None:
-    """Why no container can run here, or None when one can."""
+def unusable(network_dns: bool = False) -> str | None:
+    """Why no container can run here (with `network_dns`: none that finds another by name), or
+    None when one can."""
     missing = [p for p in PROGRAMS if shutil.which(p) is None]
-    missing += [Path(p).name for p in NETWORK_HELPERS if not Path(p).exists()]
+    if network_dns:
+        missing += [Path(p).name for p in NETWORK_HELPERS if not Path(p).exists()]
     if missing:
         return f"{', '.join(missing)} not installed: {INSTALL}"
     try:
@@ -125,7 +152,7 @@ def ensure_image(image: DebianImage, log: Path | None = None) -> bool:
     return True
 
 
-def pulled(name: str, timeout: float = 120) -> bool:
+def pulled(name: str, timeout: float = 30) -> bool:
     """Whether `name` is here or could be pulled from its registry now."""
     if podman("image", "exists", name, check=False).returncode == 0:
         return True
@@ -139,18 +166,18 @@ def pulled(name: str, timeout: float = 120) -> bool:
 def api_socket(folder: Path) -> Iterator[str]:
     """podman's Docker-compatible API on a socket in `folder`, while inside: its DOCKER_HOST."""
     socket = folder / "podman.sock"
-    log = (folder / "podman-service.log").open("w")
-    process = subprocess.Popen(
-        ["podman", "system", "service", "--time=0", f"unix://{socket}"],
-        env=environment(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with (folder / "podman-service.log").open("w") as log:
+        process = subprocess.Popen(
+            ["podman", "system", "service", "--time=0", f"unix://{socket}"],
+            env=environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 30
         while not socket.exists():
             if process.poll() is not None or time.monotonic() > deadline:
-                raise PodmanError(f"podman system service did not start: see {log.name}")
+                raise PodmanError(f"podman system service did not start: see {folder}")
             time.sleep(0.05)
         yield f"unix://{socket}"
     finally:
@@ -159,4 +186,3 @@ def api_socket(folder: Path) -> Iterator[str]:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
-        log.close()

@@ -9,35 +9,41 @@ no argument here has a space. It reads the port and host from the same settings 
 
 from __future__ import annotations
 
+import http.client
 import sys
 import urllib.error
 import urllib.request
 
 READY_PATH = "/v2/health/ready"  # the Open Inference Protocol's readiness path
 TIMEOUT_S = 4.0  # under the HEALTHCHECK's --timeout (5 s)
-ANY_ADDRESS = {"0.0.0.0", "::", ""}
+# A server listening on every address answers on loopback (IPv6's also where it is v6-only).
+LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "[::]": "::1"}
 
 
 def url() -> str:
     from service.settings import Settings
 
     settings = Settings()
-    host = "127.0.0.1" if settings.host in ANY_ADDRESS else settings.host
+    host = LOOPBACK.get(settings.host, settings.host).strip("[]")
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{settings.port}{READY_PATH}"
 
 
 def main() -> int:
-    target = url()
+    try:
+        target = url()
+    except ValueError as error:  # pydantic's ValidationError: a setting the server refuses too
+        print(f"not ready: the settings are invalid: {error}", file=sys.stderr)
+        return 1
     try:
         with urllib.request.urlopen(target, timeout=TIMEOUT_S) as answer:
             status = answer.status
     except urllib.error.HTTPError as error:  # 503 while loading or draining
         print(f"not ready: {target} answered {error.code}", file=sys.stderr)
         return 1
-    except OSError as error:
-        print(f"not ready: {target}: {error}", file=sys.stderr)
+    except (OSError, http.client.HTTPException) as error:
+        print(f"not ready: {target}: {error!r}", file=sys.stderr)
         return 1
     return 0 if status == 200 else 1
 

@@ -135,7 +135,8 @@ def start_series(model: str, version: str, class_names: Sequence[str]) -> None:
     """A served version's prediction counters and uncertainty histograms, created at zero
     before its first request: Prometheus' rate() counts only what a series gains after its
     first scrape, so a series born during a burst loses the burst (a new version's uncertain
-    share, and the alerts on it, would be wrong for its first minutes)."""
+    share, and the alerts on it, would be wrong for its first minutes). Costs K + 4 series per
+    loaded version, as its traffic would; they stay until the process ends, as others do."""
     for metric in (UNCERTAIN, MUTUAL_INFORMATION, PREDICTIVE_ENTROPY, DISAGREEMENT):
         metric.labels(model, version)
     for name in class_names:

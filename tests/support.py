@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = (sys.executable, "-m", "service")
@@ -150,3 +151,14 @@ def failed_start(env: dict[str, str], log: Path, timeout: float = 60) -> str:
         return process.output()
     finally:
         process.stop()
+
+
+# .ci/run sets it: there, a test that cannot run its containers fails instead of skipping.
+REQUIRE_CONTAINERS = "REQUIRE_CONTAINERS"
+
+
+def containers_unavailable(reason: str) -> NoReturn:
+    """Skip, saying why; fail instead where REQUIRE_CONTAINERS is set (CI)."""
+    if os.environ.get(REQUIRE_CONTAINERS):
+        pytest.fail(f"{reason} ({REQUIRE_CONTAINERS} is set: containers must run here)")
+    pytest.skip(reason)

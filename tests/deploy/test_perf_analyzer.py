@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as triton_http
-from support import ROOT, SERVICE, free_port, service_env, start_service
+from support import (
+    ROOT,
+    SERVICE,
+    containers_unavailable,
+    free_port,
+    service_env,
+    start_service,
+)
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import perf_analyzer
@@ -32,13 +39,13 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> str:
     """What perf_analyzer's container is: its image built (from Debian's packages, once per
     machine) and the program fetched from PyPI (once per checkout)."""
     if why := podman.unusable():
-        pytest.skip(f"{NO_CONTAINERS}: {why}")
+        containers_unavailable(f"{NO_CONTAINERS}: {why}")
     log = tmp_path_factory.mktemp("perf-analyzer-image") / "mmdebstrap.log"
     try:
         built = podman.ensure_image(perf_analyzer.IMAGE, log)
         perf_analyzer.fetch()
     except (podman.PodmanError, subprocess.SubprocessError, OSError) as exc:
-        pytest.skip(f"{NO_CONTAINERS}: {exc}")
+        containers_unavailable(f"{NO_CONTAINERS}: {exc}")
     what = f"{perf_analyzer.IMAGE.what}{' (built now)' if built else ''}"
     print(f"\nperf_analyzer {perf_analyzer.VERSION} in {what}")
     return what

@@ -11,7 +11,13 @@ from service import healthcheck
 
 @pytest.mark.parametrize(
     ("host", "expected"),
-    [("0.0.0.0", "127.0.0.1"), ("::", "127.0.0.1"), ("10.1.2.3", "10.1.2.3"), ("::1", "[::1]")],
+    [
+        ("0.0.0.0", "127.0.0.1"),
+        ("::", "[::1]"),
+        ("10.1.2.3", "10.1.2.3"),
+        ("::1", "[::1]"),
+        ("[::1]", "[::1]"),
+    ],
 )
 def test_probes_the_address_and_port_the_server_listens_on(
     monkeypatch: pytest.MonkeyPatch, host: str, expected: str
