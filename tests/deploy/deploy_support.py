@@ -104,3 +104,9 @@ def dashboard_queries() -> list[tuple[str, str]]:
             assert match, query
             queries.append((f"${variable['name']}", match.group(1)))
     return queries
+
+
+def rule_groups(url: str) -> list[dict[str, Any]]:
+    body = httpx.get(f"{url}/api/v1/rules", timeout=10).json()
+    assert body["status"] == "success", body
+    return body["data"]["groups"]

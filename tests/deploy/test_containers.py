@@ -16,7 +16,6 @@ test, which needs the digits model untouched before it; the stop and the restart
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import signal
 import subprocess
@@ -54,22 +53,17 @@ from deploy_support import (
     PROMETHEUS_DIR,
     ROOT,
     dashboard_queries,
+    png,
     prometheus_query,
+    rule_groups,
 )
 from drain_support import Traffic, stop_under_load
-from PIL import Image
 from support import containers_unavailable, free_port, wait_for
 
 from service.settings import Settings
 
 EXAMPLE = ROOT / "service" / "static" / "examples" / "clear.png"  # a handwritten 7, 28x28
 UID = 10001  # docker/Dockerfile's USER
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels), "L").save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -155,11 +149,6 @@ def test_the_healthcheck_passes(stack: Stack) -> None:
     assert check.returncode == 0, (check.stdout, check.stderr, stack.inspect("api")["State"])
 
 
-def rule_groups(stack: Stack) -> list[dict[str, Any]]:
-    body = httpx.get(f"{stack.prometheus}/api/v1/rules", timeout=10).json()
-    return body["data"]["groups"]
-
-
 def test_prometheus_scrapes_the_api_by_its_service_name_and_loads_every_rule(stack: Stack) -> None:
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     (job,) = config["scrape_configs"]
@@ -180,7 +169,7 @@ def test_prometheus_scrapes_the_api_by_its_service_name_and_loads_every_rule(sta
     }
     shipped = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
     expected = {g["name"]: [r.get("alert") or r["record"] for r in g["rules"]] for g in shipped}
-    groups = rule_groups(stack)
+    groups = rule_groups(stack.prometheus)
     assert {g["name"]: [r["name"] for r in g["rules"]] for g in groups} == expected
     assert all(r["health"] != "err" for g in groups for r in g["rules"]), groups
 

@@ -12,7 +12,6 @@ import math
 from collections import Counter
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 from deploy_support import (
@@ -22,6 +21,7 @@ from deploy_support import (
     Observed,
     dashboard_queries,
     prometheus_query,
+    rule_groups,
 )
 from support import wait_for
 
@@ -126,12 +126,6 @@ def test_uncertainty_histograms_equal_what_was_answered(
 def repr_le(bound: float) -> str:
     """The `le` label prometheus-client writes for a bucket bound."""
     return str(float(bound))
-
-
-def rule_groups(url: str) -> list[dict[str, Any]]:
-    body = httpx.get(f"{url}/api/v1/rules", timeout=10).json()
-    assert body["status"] == "success", body
-    return body["data"]["groups"]
 
 
 def test_shipped_rules_load_and_evaluate(prometheus: str) -> None:
