@@ -7,9 +7,10 @@ the server's CPU time for a request refused with 429 in a burst (tests/service/t
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Protocol, cast
 
 from fastapi import Depends, Request
+from starlette.types import Scope
 
 from service.auth import check_api_key
 from service.pool import BatcherPool
@@ -17,29 +18,56 @@ from service.registry import ModelRegistry
 from service.settings import Settings
 
 
+class AppState(Protocol):
+    """What create_app and its lifespan put on `app.state` (registry and pool once started)."""
+
+    settings: Settings
+    registry: ModelRegistry
+    pool: BatcherPool
+    ready: bool
+
+
+def state_of(scope: Scope) -> AppState:
+    """The app's state, typed, from a request's ASGI scope (Starlette puts the app there)."""
+    return cast(AppState, scope["app"].state)
+
+
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    return state_of(request.scope).settings
 
 
 async def get_registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry
+    return state_of(request.scope).registry
 
 
 async def get_pool(request: Request) -> BatcherPool:
-    return request.app.state.pool
+    return state_of(request.scope).pool
+
+
+async def get_state(request: Request) -> AppState:
+    return state_of(request.scope)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 PoolDep = Annotated[BatcherPool, Depends(get_pool)]
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def authorize(settings: Settings, scope: Scope) -> None:
+    """The API key check of an HTTP request, from its raw headers (route and fast path)."""
+    if settings.api_key is None:
+        return
+    headers = dict(scope["headers"])
+    check_api_key(
+        settings.api_key,
+        headers.get(b"authorization", b"").decode("latin-1"),
+        headers.get(b"x-api-key", b"").decode("latin-1"),
+    )
 
 
 async def require_api_key(request: Request, settings: SettingsDep) -> None:
-    check_api_key(
-        settings.api_key,
-        request.headers.get("authorization", ""),
-        request.headers.get("x-api-key", ""),
-    )
+    authorize(settings, request.scope)
 
 
 ApiKey = Depends(require_api_key)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from service.parameters import PredictParameters
 from service.postprocess import Answers, Packed, Row, Scored
 from service.registry import ServedModel
 
@@ -61,22 +62,17 @@ def prediction(
 
 
 def predict_answer(
-    model: ServedModel,
-    rows: list[Row],
-    filenames: list[str | None],
-    top_k: int,
-    members: bool,
-    member_probabilities: bool,
+    model: ServedModel, rows: list[Row], filenames: list[str | None], params: PredictParameters
 ) -> bytes:
     """The JSON body of /predict (service.schemas.PredictResponse), without a model pass."""
     body = {
         "model": model.name,
         "version": model.version,
         "ensemble_size": model.contract.ensemble_size,
-        "mode": "packed" if rows and isinstance(rows[0].batch, Packed) else "ensemble",
+        "mode": params.mode,
         "uncertain_measure": model.contract.uncertain_measure,
         "predictions": [
-            prediction(model, row, name, top_k, members, member_probabilities)
+            prediction(model, row, name, params.top_k, params.members, params.member_probabilities)
             for row, name in zip(rows, filenames, strict=True)
         ],
     }

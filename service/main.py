@@ -6,23 +6,23 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service import oip
 from service.api import health, models, predict, ui, v2
 from service.api.openapi import without_422
-from service.errors import ServiceError
-from service.fastpath import Service, fast_predict
+from service.errors import BadRequest, ServiceError, error_answer, error_json
+from service.fastpath import FastLane
 from service.middleware import Guard
 from service.oip_grpc import server as oip_grpc
 from service.pool import BatcherPool
 from service.registry import ModelRegistry
 from service.settings import LOG_FORMAT, Settings
 from service.shutdown import unready_first
+from service.version import VERSION
 
 log = logging.getLogger("mimo.service")
 
@@ -59,9 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await grpc_server.stop(grace=settings.shutdown_grace_s)
             await app.state.pool.close()  # answers everything still queued
 
-    app = Service(
+    app = FastAPI(
         title="mimo-serve",
-        version="0.1.0",
+        version=VERSION,
         description="Uncertainty-aware image classification: MIMO ensembles on ONNX Runtime, "
         "one forward pass per image.",
         lifespan=lifespan,
@@ -69,40 +69,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.ready = False
 
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, exc.status_code, headers=exc.headers)
+    async def error(request: Request, exc: Exception) -> Response:
+        # Every error a JSON {"error"} body, 500 included (OIP clients parse it; Starlette
+        # re-raises an unexpected exception for the log).
+        status, message, headers = error_answer(exc)
+        return Response(error_json(message), status, headers, media_type="application/json")
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        return JSONResponse({"error": f"invalid request: {problems}"}, 400)
+        return await error(request, BadRequest(f"invalid request: {problems}"))
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Still a JSON {"error"} body (OIP clients parse it); Starlette re-raises for the log.
-        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the log"}, 500)
+    for kind in (ServiceError, HTTPException, Exception):
+        app.add_exception_handler(kind, error)
+    app.add_exception_handler(RequestValidationError, invalid)
 
     for router in (predict.router, models.router, v2.router, health.router, ui.router):
         app.include_router(router)
     without_422(app)  # request validation errors answer 400 (`invalid` above)
-    limits = {"max_bytes": settings.max_body_bytes, "max_seconds": settings.request_timeout_s}
-    app.add_middleware(Guard, **limits)
-    # /predict's common request skips FastAPI's layers but not this one (service/fastpath.py)
-    app.fast = Guard(fast_predict, **limits)
+    # Innermost first: /predict's common request leaves here (service/fastpath.py), inside
+    # the body limits, the metrics and CORS, which every request passes.
+    app.add_middleware(FastLane)
+    app.add_middleware(
+        Guard, max_bytes=settings.max_body_bytes, max_seconds=settings.request_timeout_s
+    )
     if settings.cors_origins:  # outermost: a preflight is answered before any other work
-        cors = {
-            "allow_origins": settings.cors_origins,
-            "allow_methods": ["GET", "POST"],
-            "allow_headers": ["Authorization", "Content-Type", "X-API-Key", oip.HEADER],
-            "expose_headers": ["Retry-After", oip.HEADER],
-        }
-        app.add_middleware(CORSMiddleware, **cors)
-        app.fast = CORSMiddleware(app.fast, **cors)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", oip.HEADER],
+            expose_headers=["Retry-After", oip.HEADER],
+        )
     return app

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
+from service.errors import error_json
 
 
 async def send_json(
@@ -33,7 +33,7 @@ async def send_json(
 async def send_error(
     send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    await send_json(send, status, json.dumps({"error": message}).encode(), headers)
+    await send_json(send, status, error_json(message), headers)
 
 
 class Guard:
@@ -123,7 +123,7 @@ class Guard:
 
 
 class BodyLimitError(Exception):
-    """Raised from the wrapped `receive`: BodyLimit answers it (routes let it through)."""
+    """Raised from the wrapped `receive`: Guard answers it (routes let it through)."""
 
 
 class _TooLarge(BodyLimitError):

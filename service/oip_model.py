@@ -19,18 +19,19 @@ import numpy as np
 from service import oip
 from service.encode import oip_tensors
 from service.errors import BadRequest, NotFound, quoted
+from service.parameters import DEFAULTS, MODES
 from service.pool import BatcherPool
 from service.registry import ModelRegistry, ServedModel
 from service.uncertainty import MEASURES
+from service.version import VERSION
 
 SERVER = {
     "name": "mimo-serve",
-    "version": "0.1.0",
+    "version": VERSION,
     "extensions": ["binary_tensor_data", "model_repository", "model_configuration", "statistics"],
 }
 PLATFORM = "onnxruntime_onnx"
 INPUT = "images"
-MODES = ("ensemble", "packed")
 PACKED_OUTPUTS = ("probabilities", "head")  # what a packed request can ask for
 
 
@@ -66,7 +67,7 @@ def outputs_of(model: ServedModel, mode: str) -> list[str]:
 
 def mode_of(parameters: Mapping[str, Any]) -> str:
     """The request parameter `mode` (REST `parameters.mode`, gRPC `parameters["mode"]`)."""
-    mode = parameters.get("mode", "ensemble")
+    mode = parameters.get("mode", DEFAULTS.mode)
     if isinstance(mode, str) and mode in MODES:
         return mode
     if isinstance(mode, str | bool | int | float | None):
@@ -74,7 +75,7 @@ def mode_of(parameters: Mapping[str, Any]) -> str:
         got = got if len(got) <= 60 else f"{got[:60]}... ({len(got):,} characters)"
     else:  # not echoed: it could be large or deeply nested
         got = "a JSON object" if isinstance(mode, dict) else "a JSON array"
-    raise BadRequest(f'parameter "mode" must be "ensemble" or "packed", got {got}')
+    raise BadRequest(f'parameter "mode" must be {" or ".join(map(json.dumps, MODES))}, got {got}')
 
 
 def metadata(registry: ModelRegistry, name: str, version: str | None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from service.contract import FLAG_MEASURES
+from service.parameters import Mode
 
 # the contract's flag measures as a type, so that OpenAPI lists them
 FlagMeasure = Literal[FLAG_MEASURES]  # type: ignore[valid-type]
@@ -61,7 +62,7 @@ class PredictResponse(BaseModel):
     model: str
     version: int
     ensemble_size: int
-    mode: Literal["ensemble", "packed"] = Field(
+    mode: Mode = Field(
         description="ensemble: each image in all M slots, the mean of the M heads and their "
         "disagreement; packed: M images share a forward pass, each answered by its own head"
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from service.parameters import DEFAULTS, MODES
 from service.schemas import ErrorResponse
 
 TEXT = {
@@ -60,8 +61,8 @@ INFER_REQUEST = {
                 },
                 "mode": {
                     "type": "string",
-                    "enum": ["ensemble", "packed"],
-                    "default": "ensemble",
+                    "enum": list(MODES),
+                    "default": DEFAULTS.mode,
                     "description": "ensemble: each image tiled into the M slots, answered by "
                     "the heads' mean and their uncertainty. packed: M images per forward pass, "
                     "each answered by its own slot's head; outputs `probabilities` and `head` "

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from service import metrics
-from service.deps import ApiKey, PoolDep, RegistryDep, SettingsDep
+from service.deps import ApiKey, AppState, StateDep
 from service.encode import predict_answer
 from service.errors import BadRequest, UnsupportedMediaType
+from service.parameters import PredictParameters
 from service.preprocess import ACCEPTED, is_raw_image, preprocess_all
 from service.schemas import ErrorResponse, PredictResponse
 
@@ -53,7 +55,11 @@ ERRORS = {
 }
 
 
-async def read_images(request: Request, limit: int) -> list[tuple[str | None, bytes, str | None]]:
+# (filename, bytes, content type) of one image of a request
+Upload = tuple[str | None, bytes, str | None]
+
+
+async def read_images(request: Request, limit: int) -> list[Upload]:
     """(filename, bytes, content type) of every image in the request."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
@@ -86,6 +92,31 @@ async def read_images(request: Request, limit: int) -> list[tuple[str | None, by
     )
 
 
+async def serve(
+    state: AppState, params: PredictParameters, read: Callable[[int], Awaitable[list[Upload]]]
+) -> bytes:
+    """The JSON answer of POST /predict, from its parsed parameters and `read`, which gives the
+    request's images (at most the given number): the route and the fast path both end here."""
+    started = time.monotonic()
+    settings = state.settings
+    served = state.registry.get(params.model or settings.default_model, params.version)
+    limit = settings.max_images_per_request
+    with metrics.counted(served.labels, started):
+        uploads = await read(limit)
+        if len(uploads) > limit:
+            raise BadRequest(
+                f"{len(uploads)} images in one request; the limit is {limit} "
+                "(MIMO_MAX_IMAGES_PER_REQUEST)"
+            )
+        images = await preprocess_all(
+            [(data, ctype) for _, data, ctype in uploads],
+            served.contract.preprocess,
+            settings.max_image_pixels,
+        )
+        rows = await state.pool.infer(served, images, started, packed=params.packed)
+    return predict_answer(served, rows, [name for name, _, _ in uploads], params)
+
+
 @router.post(
     "/predict",
     response_model=PredictResponse,
@@ -95,45 +126,7 @@ async def read_images(request: Request, limit: int) -> list[tuple[str | None, by
     summary="Classify images with one forward pass and ensemble uncertainty",
 )
 async def predict(
-    request: Request,
-    registry: RegistryDep,
-    pool: PoolDep,
-    settings: SettingsDep,
-    model: Annotated[
-        str | None, Query(description="model name (default: the default model)")
-    ] = None,
-    version: Annotated[int | None, Query(ge=1, description="version (default: highest)")] = None,
-    top_k: Annotated[int, Query(ge=1, le=1000, description="classes to list")] = 3,
-    members: Annotated[bool, Query(description="include each head's prediction")] = True,
-    member_probabilities: Annotated[
-        bool, Query(description="include each head's probabilities over all classes")
-    ] = False,
-    mode: Annotated[
-        Literal["ensemble", "packed"],
-        Query(
-            description="ensemble: one image per forward-pass row, tiled into the M slots, "
-            "answered by the mean of the M heads with their disagreement. packed: M images "
-            "per row, each answered by its own slot's head: up to M times the images/s when "
-            "requests queue, no ensemble and no uncertainty"
-        ),
-    ] = "ensemble",
+    request: Request, state: StateDep, params: Annotated[PredictParameters, Query()]
 ) -> Response:
-    started = time.monotonic()
-    served = registry.get(model or settings.default_model, version)
-    with metrics.counted(served.labels, started):
-        uploads = await read_images(request, settings.max_images_per_request)
-        if len(uploads) > settings.max_images_per_request:
-            raise BadRequest(
-                f"{len(uploads)} images in one request; the limit is "
-                f"{settings.max_images_per_request} (MIMO_MAX_IMAGES_PER_REQUEST)"
-            )
-        images = await preprocess_all(
-            [(data, ctype) for _, data, ctype in uploads],
-            served.contract.preprocess,
-            settings.max_image_pixels,
-        )
-        rows = await pool.infer(served, images, started, packed=mode == "packed")
-    body = predict_answer(
-        served, rows, [u[0] for u in uploads], top_k, members, member_probabilities
-    )
+    body = await serve(state, params, lambda limit: read_images(request, limit))
     return Response(body, media_type="application/json")

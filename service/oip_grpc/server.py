@@ -22,7 +22,7 @@ from starlette.datastructures import State
 from service import metrics, model_config, oip, oip_model
 from service.api.health import not_ready
 from service.auth import check_api_key
-from service.errors import BadRequest, ServiceError
+from service.errors import BadRequest, ServiceError, internal_error
 from service.oip_grpc import mimo_inference_pb2 as pb
 from service.settings import Settings
 from service.statistics import statistics
@@ -195,9 +195,7 @@ def _instrumented(method: str, call: Handler) -> Handler:
             raise
         except Exception as exc:
             log.exception("%s failed", endpoint)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the log"
-            )
+            await context.abort(grpc.StatusCode.INTERNAL, internal_error(exc))
             raise
         finally:
             metrics.IN_FLIGHT.dec()

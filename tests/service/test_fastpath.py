@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.fastpath import plain_parameters
 from service.main import create_app
+from service.parameters import DEFAULTS
 from service.settings import Settings
 
 
@@ -24,18 +25,13 @@ from service.settings import Settings
             {"model": "digits", "version": 1, "mode": "packed"},
         ),
         (b"member_probabilities=1", {"member_probabilities": True}),
+        (b"other=1", {}),  # ignored, as the route ignores it
     ],
 )
 def test_plain_parameters(query: bytes, expected: dict) -> None:
-    defaults = {
-        "model": None,
-        "version": None,
-        "top_k": 3,
-        "members": True,
-        "member_probabilities": False,
-        "mode": "ensemble",
-    }
-    assert plain_parameters(query) == defaults | expected
+    parsed = plain_parameters(query)
+    assert parsed is not None
+    assert parsed.model_dump() == DEFAULTS.model_dump() | expected
 
 
 @pytest.mark.parametrize(
@@ -46,10 +42,9 @@ def test_plain_parameters(query: bytes, expected: dict) -> None:
         b"top_k=abc",
         b"top_k=3&top_k=4",
         b"version=%C2%B2",
-        b"version=" + b"9" * 40,
+        b"version=0",
         b"members=maybe",
         b"mode=bagged",
-        b"other=1",
     ],
 )
 def test_anything_unusual_goes_to_the_route(query: bytes) -> None:
@@ -96,6 +91,14 @@ def test_errors_as_the_route_words_them(client: TestClient, digit_pngs) -> None:
     # handed on to the route, which validates
     bad = client.post("/predict", content=digit_pngs[0][0], headers=png, params={"top_k": "x"})
     assert bad.status_code == 400 and "top_k" in bad.json()["error"]
+    # the same bytes whichever way the request went (one error renderer)
+    for params in ({"version": "9" * 40}, {"model": "nö"}):
+        fast = client.post("/predict", content=digit_pngs[0][0], headers=png, params=params)
+        routed = client.post(
+            "/predict", files=[("file", ("x.png", digit_pngs[0][0], "image/png"))], params=params
+        )
+        assert fast.status_code == routed.status_code == 404
+        assert fast.content == routed.content
 
 
 def test_inside_cors_and_the_metrics(model_repository: Path, digit_pngs) -> None:
