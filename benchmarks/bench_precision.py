@@ -127,7 +127,7 @@ def write_synthetic(name: str, folder: Path, calibration_images: int = 128) -> l
 
     from service.contract import ModelContract
     from training.conversion import to_onnx_bytes
-    from training.export import with_metadata
+    from training.metadata import with_metadata
     from training.models import build_network
     from training.quantize import Int8Settings, calibration_inputs, quantize_int8, to_fp16
 

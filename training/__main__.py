@@ -10,8 +10,8 @@ from dataclasses import fields
 from typing import Any
 
 from training.config import PRESETS, TrainConfig, with_overrides
-from training.data import DatasetError
-from training.export import ExportError
+from training.dataset_files import DatasetError
+from training.export_checks import ExportError
 
 
 def _flag_type(hint: Any) -> tuple[Any, str | None]:

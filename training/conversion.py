@@ -1,6 +1,7 @@
 """The torch -> ONNX conversion of a MIMO network: the bare graph that export and evaluate share.
 
-Contract metadata, parity checks and writing the file are training/export.py's business.
+Contract metadata (training/metadata.py), parity checks (training/export_checks.py) and
+writing the file (training/export.py) are the export's business.
 """
 
 from __future__ import annotations

@@ -106,33 +106,8 @@ def evaluate(
 
     # Corrupted: every corruption at 5 severities on the same (first) test images.
     subset = slice(0, min(corruption_limit, len(test)))
-    by_corruption: dict[str, dict[str, Any]] = {}
-    rows = []
-    pooled_scores: dict[str, list[np.ndarray]] = {score: [] for score in SCORES}
-    pooled_correct = []
-    for name in tqdm(CORRUPTIONS, desc="corruptions", leave=False):
-        by_corruption[name] = {}
-        for severity in range(1, 6):
-            x = corrupt(x_test[subset], name, severity, seed=seed)
-            z = predictor(x)
-            r = classification_metrics(z, test.labels[subset])
-            by_corruption[name][str(severity)] = r
-            rows.append(r)
-            scores, right = scored(z, test.labels[subset], temperature)
-            for score, values in scores.items():
-                pooled_scores[score].append(values)
-            pooled_correct.append(right)
-    result["corrupted"] = {
-        "images": subset.stop,
-        "mean": {
-            k: float(np.mean([r[k] for r in rows])) for k in ("accuracy", "nll", "ece", "brier")
-        },
-        "by_corruption": by_corruption,
-    }
-    result["misclassification"]["corrupted"] = misclassification(
-        {score: np.concatenate(v) for score, v in pooled_scores.items()},
-        np.concatenate(pooled_correct),
-        flag_at,
+    result["corrupted"], result["misclassification"]["corrupted"] = corrupted_metrics(
+        predictor, x_test[subset], test.labels[subset], temperature, flag_at, seed
     )
 
     # Out of distribution: synthetic families never used for training, and inverted test images.
@@ -145,36 +120,11 @@ def evaluate(
         ood_sets[f"{name} (training family)"] = make_ood(
             name, ood_count, test.shape, seed=seed + 99
         )
-    result["ood"] = {}
-    for name, x in ood_sets.items():
-        out_scores = uncertainty_scores(predictor(x), temperature)
-        entry: dict[str, Any] = {
-            score: metrics.ood_metrics(in_scores[score], out_scores[score]) for score in SCORES
-        }
-        entry["uncertain_fraction"] = float(
-            (out_scores["mutual_information"] > mi_threshold).mean()
-        )
-        entry["flagged"] = {
-            score: float((out_scores[score] > flag_at[score]).mean())
-            for score in SCORES
-            if score in flag_at
-        }
-        result["ood"][name] = entry
-    held_out = [k for k in result["ood"] if "training family" not in k]
-    result["ood_mean"] = {
-        score: {
-            m: float(np.mean([result["ood"][k][score][m] for k in held_out]))
-            for m in ("auroc", "aupr", "fpr_at_95_tpr")
-        }
-        for score in SCORES
+    result["ood"] = {
+        name: ood_entry(predictor(x), in_scores, temperature, mi_threshold, flag_at)
+        for name, x in ood_sets.items()
     }
-    result["ood_mean"]["uncertain_fraction"] = float(
-        np.mean([result["ood"][k]["uncertain_fraction"] for k in held_out])
-    )
-    result["ood_mean"]["flagged"] = {
-        score: float(np.mean([result["ood"][k]["flagged"][score] for k in held_out]))
-        for score in result["ood"][held_out[0]]["flagged"]
-    }
+    result["ood_mean"] = ood_mean(result["ood"])
 
     result["inference"] = {
         "forward_passes": predictor.forward_passes,
@@ -182,6 +132,86 @@ def evaluate(
         "ms_per_image_batch_256": 1e3 * predictor.seconds_per_image(test.shape, 256, repeats=5),
     }
     return result
+
+
+def corrupted_metrics(
+    predictor: OnnxPredictor,
+    x: np.ndarray,
+    labels: np.ndarray,
+    temperature: float,
+    flag_at: dict[str, float],
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every corruption at 5 severities of float32 images x [N, C, H, W]: the metrics per
+    corruption and severity with their mean, and misclassification over all of them pooled."""
+    by_corruption: dict[str, dict[str, Any]] = {}
+    rows = []
+    pooled_scores: dict[str, list[np.ndarray]] = {score: [] for score in SCORES}
+    pooled_correct = []
+    for name in tqdm(CORRUPTIONS, desc="corruptions", leave=False):
+        by_corruption[name] = {}
+        for severity in range(1, 6):
+            z = predictor(corrupt(x, name, severity, seed=seed))
+            r = classification_metrics(z, labels)
+            by_corruption[name][str(severity)] = r
+            rows.append(r)
+            scores, right = scored(z, labels, temperature)
+            for score, values in scores.items():
+                pooled_scores[score].append(values)
+            pooled_correct.append(right)
+    corrupted = {
+        "images": len(x),
+        "mean": {
+            k: float(np.mean([r[k] for r in rows])) for k in ("accuracy", "nll", "ece", "brier")
+        },
+        "by_corruption": by_corruption,
+    }
+    pooled = misclassification(
+        {score: np.concatenate(v) for score, v in pooled_scores.items()},
+        np.concatenate(pooled_correct),
+        flag_at,
+    )
+    return corrupted, pooled
+
+
+def ood_entry(
+    logits: np.ndarray,
+    in_scores: dict[str, np.ndarray],
+    temperature: float,
+    mi_threshold: float,
+    flag_at: dict[str, float],
+) -> dict[str, Any]:
+    """One OOD set's logits [N, M, K] against the test set's scores: how well each signal tells
+    them apart, and the share flagged."""
+    out_scores = uncertainty_scores(logits, temperature)
+    entry: dict[str, Any] = {
+        score: metrics.ood_metrics(in_scores[score], out_scores[score]) for score in SCORES
+    }
+    entry["uncertain_fraction"] = float((out_scores["mutual_information"] > mi_threshold).mean())
+    entry["flagged"] = {
+        score: float((out_scores[score] > flag_at[score]).mean())
+        for score in SCORES
+        if score in flag_at
+    }
+    return entry
+
+
+def ood_mean(ood: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The mean over the held-out OOD sets (not the training families)."""
+    held_out = [k for k in ood if "training family" not in k]
+    mean: dict[str, Any] = {
+        score: {
+            m: float(np.mean([ood[k][score][m] for k in held_out]))
+            for m in ("auroc", "aupr", "fpr_at_95_tpr")
+        }
+        for score in SCORES
+    }
+    mean["uncertain_fraction"] = float(np.mean([ood[k]["uncertain_fraction"] for k in held_out]))
+    mean["flagged"] = {
+        score: float(np.mean([ood[k]["flagged"][score] for k in held_out]))
+        for score in ood[held_out[0]]["flagged"]
+    }
+    return mean
 
 
 # ---- loading what to evaluate ----

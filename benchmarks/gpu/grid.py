@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from training.experiments.grid import GridPoint  # noqa: E402
-from training.experiments.rendering import RECORDS  # noqa: E402
+from training.experiments.records import RECORDS  # noqa: E402
 from training.files import write_atomic  # noqa: E402
 
 RECORDS_12 = RECORDS / "grid12"

@@ -15,14 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.data import (
-    DATASETS,
-    DatasetError,
-    ImageDataset,
-    load_dataset,
-    preprocess_spec,
-    split_validation,
-)
+from training.data import DATASETS, ImageDataset, load_dataset, preprocess_spec, split_validation
+from training.dataset_files import DatasetError
 
 ROOT = Path(__file__).resolve().parents[2]
 # As tests/test_default_model.py: $MNIST_DIR (the Makefile sets it), else the shared data folder.

@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from training.experiments.grid import GridPoint
-from training.experiments.rendering import load_grid, model_card, render, stat
+from training.experiments.grid_tables import stat
+from training.experiments.model_card import model_card
+from training.experiments.records import load_grid
+from training.experiments.rendering import render
 
 
 def metrics(nll: float, ece: float, accuracy: float = 0.99, heads: int = 1) -> dict[str, Any]:

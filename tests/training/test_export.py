@@ -15,13 +15,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import training.export
+import training.export_checks
 import training.files
 from service.contract import REQUIRED_KEYS, ModelContract, parse_contract
 from service.uncertainty import MEASURES
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data import load_dataset
-from training.export import ExportError, export
+from training.export import export
+from training.export_checks import ExportError
 
 ROOT = Path(__file__).resolve().parents[2]
 # Given explicitly, it spares the export the calibration on the validation split.
@@ -145,7 +146,7 @@ def test_existing_version_needs_force(digits_checkpoint: Path, tmp_path: Path) -
 def test_failed_parity_leaves_nothing(
     digits_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tolerance: float
 ) -> None:
-    monkeypatch.setattr(training.export, "PARITY_TOLERANCE", tolerance)
+    monkeypatch.setattr(training.export_checks, "PARITY_TOLERANCE", tolerance)
     repository = tmp_path / "models"
     with pytest.raises(ExportError, match="ONNX Runtime and torch differ"):
         export(digits_checkpoint, repository, "digits", 1, EVALUATION)
@@ -157,7 +158,7 @@ def test_failed_forced_export_keeps_the_old_model(
 ) -> None:
     target = export(digits_checkpoint, tmp_path, "digits", 1, EVALUATION)
     before = target.read_bytes()
-    monkeypatch.setattr(training.export, "PARITY_TOLERANCE", -1.0)
+    monkeypatch.setattr(training.export_checks, "PARITY_TOLERANCE", -1.0)
     with pytest.raises(ExportError):
         export(digits_checkpoint, tmp_path, "digits", 1, EVALUATION, force=True)
     assert target.read_bytes() == before

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import training.export
+import training.export_checks
 from service.contract import (
     PRECISION_KEY,
     QUANTIZATION_KEY,
@@ -23,7 +23,8 @@ from service.contract import (
 )
 from training.__main__ import main
 from training.data import load_dataset
-from training.export import ExportError, Tolerance, export
+from training.export import export
+from training.export_checks import ExportError, Tolerance
 from training.quantize import Int8Settings, calibration_inputs, training_outliers
 
 EVALUATION = {
@@ -168,7 +169,7 @@ def test_a_graph_that_strays_is_not_written(
     digits_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str
 ) -> None:
     strict = {precision: Tolerance(agreement=1.01, probability=0.0, flags=1.01)}
-    monkeypatch.setattr(training.export, "TOLERANCES", strict)
+    monkeypatch.setattr(training.export_checks, "TOLERANCES", strict)
     repository = tmp_path / "models"
     with pytest.raises(ExportError, match=f"the {precision} graph strays from torch") as info:
         export(
@@ -183,7 +184,7 @@ def test_flipped_uncertain_flags_alone_refuse(
 ) -> None:
     # Top-1 classes and probabilities may pass while the `uncertain` flags flip: still refused.
     lenient = {"fp16": Tolerance(agreement=0.0, probability=1.0, flags=1.01)}
-    monkeypatch.setattr(training.export, "TOLERANCES", lenient)
+    monkeypatch.setattr(training.export_checks, "TOLERANCES", lenient)
     with pytest.raises(ExportError, match=r"`uncertain` flags agreeing 1\.0000 \(at least 1\.01\)"):
         export(digits_checkpoint, tmp_path, "digits", 1, EVALUATION, precision="fp16")
     assert files_in(tmp_path) == []
@@ -194,7 +195,7 @@ def test_a_failed_int8_export_keeps_the_old_model(
 ) -> None:
     target = export(digits_checkpoint, tmp_path, "digits", 1, EVALUATION)
     before = target.read_bytes()
-    monkeypatch.setattr(training.export, "TOLERANCES", {"int8": Tolerance(1.01, 0.0, 1.01)})
+    monkeypatch.setattr(training.export_checks, "TOLERANCES", {"int8": Tolerance(1.01, 0.0, 1.01)})
     with pytest.raises(ExportError):
         export(
             digits_checkpoint, tmp_path, "digits", 1, EVALUATION, True, precision="int8", int8=SMALL

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from training.experiments.grid import WIDTHS, GridPoint, parse, points
-from training.experiments.rendering import RECORDS, ROOT, model_card, render
+from training.experiments.model_card import model_card
+from training.experiments.records import RECORDS, ROOT
+from training.experiments.rendering import render
 from training.files import write_atomic
 
 GRID_EVAL_FLAGS = ("--corruption-limit", "2000", "--ood-count", "1000")
