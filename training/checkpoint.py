@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +54,46 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> MimoNetwork:
     )
     model.load_state_dict(checkpoint["model"])
     return model.eval()
+
+
+def resumed_config(config: TrainConfig, checkpoint: dict[str, Any]) -> TrainConfig:
+    """A resumed run's config: the checkpoint's, except how long to train (`config`'s)."""
+    saved = config_from_dict(checkpoint["config"])
+    return config_from_dict(
+        {**asdict(saved), "epochs": config.epochs, "max_steps": config.max_steps}
+    )
+
+
+def restore(
+    checkpoint: dict[str, Any] | None, model: MimoNetwork, optimizer: torch.optim.Optimizer
+) -> tuple[int, int, list[dict[str, Any]]]:
+    """The first epoch, the step and the history to go on from, the checkpoint's weights and
+    optimiser state loaded; a fresh run's (0, 0, []) without a checkpoint."""
+    if checkpoint is None:
+        return 0, 0, []
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    return checkpoint["epoch"] + 1, checkpoint["step"], checkpoint["history"]
+
+
+def checkpoint_of(
+    config: TrainConfig,
+    meta: dict[str, Any],
+    model: MimoNetwork,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+    step: int,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """What a run saves after every epoch: `epoch` counts from 0, `step` is the steps taken."""
+    return {
+        "config": asdict(config),
+        "meta": meta,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "history": history,
+    }

@@ -73,7 +73,7 @@ def test_points_cover_the_grid_seeds_outer() -> None:
 def test_flags_parse_in_the_training_cli() -> None:
     import argparse
 
-    from training.__main__ import add_train_parser
+    from training.train import add_train_parser
 
     parser = argparse.ArgumentParser()
     add_train_parser(parser.add_subparsers(dest="command"))
