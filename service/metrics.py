@@ -206,6 +206,25 @@ def forget_dead_workers(folder: str) -> list[int]:
     return sorted(dead)
 
 
+class RequestRecord:
+    """One request of any protocol (HTTP, gRPC) in the request metrics: in flight from its
+    creation until `done`, which counts it by endpoint and `status` (0, no answer: 500) and
+    records its duration."""
+
+    __slots__ = ("endpoint", "started", "status")
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.status = 0
+        self.started = time.perf_counter()
+        IN_FLIGHT.inc()
+
+    def done(self) -> None:
+        IN_FLIGHT.dec()
+        child(REQUESTS, self.endpoint, str(self.status or 500)).inc()
+        child(REQUEST_DURATION, self.endpoint).observe(time.perf_counter() - self.started)
+
+
 @contextmanager
 def counted(labels: tuple[str, str], started: float) -> Iterator[None]:
     """Count an inference request of a model (`labels`: model, version) and its seconds since

@@ -11,10 +11,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import metrics
 from service.errors import error_json
 
+Headers = list[tuple[bytes, bytes]]
 
-async def send_json(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
+
+async def send_json(send: Send, status: int, body: bytes, headers: Headers | None = None) -> None:
     """A whole JSON answer straight on the ASGI channel."""
     await send(
         {
@@ -30,96 +30,104 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(
-    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
+async def send_error(send: Send, status: int, message: str, headers: Headers | None = None) -> None:
     await send_json(send, status, error_json(message), headers)
 
 
-class Guard:
-    """The per-request HTTP metrics and the body limits, in one layer (each layer is a
-    coroutine and a wrapped `send` per request).
+class LimitedBody:
+    """A request's `receive` with the body limits: over `max_bytes`, announced (Content-Length)
+    or streamed (chunked), raises _TooLarge; still arriving `max_seconds` after the request (a
+    slow or stalled client, who would otherwise hold a connection and its buffers for as long
+    as it likes), _TooSlow; a client that leaves before its body is all sent, ClientGone."""
 
-    Body limits: 413 for a body over the limit, announced (Content-Length) or streamed
-    (chunked); 408 for a body still arriving `max_seconds` after the request (a slow or stalled
-    client, who would otherwise hold a connection and its buffers for as long as it likes); a
-    client that leaves before its body is all sent is no server error (ClientGone, counted as
-    499). Metrics: requests in flight, and each request's endpoint, status and duration."""
+    __slots__ = ("complete", "deadline", "max_bytes", "max_seconds", "receive", "seen")
+
+    def __init__(self, receive: Receive, max_bytes: int, max_seconds: float | None) -> None:
+        self.receive = receive
+        self.max_bytes = max_bytes
+        self.max_seconds = max_seconds
+        self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        self.seen = 0
+        self.complete = False  # the whole body has arrived
+
+    def declared_too_large(self, scope: Scope) -> bool:
+        declared = dict(scope["headers"]).get(b"content-length")
+        return declared is not None and declared.isdigit() and int(declared) > self.max_bytes
+
+    async def __call__(self) -> Message:
+        if self.complete or self.deadline is None:
+            message = await self.receive()
+        else:
+            try:  # (asyncio.timeout: no task per call, unlike wait_for)
+                async with asyncio.timeout(self.deadline - time.monotonic()):
+                    message = await self.receive()
+            except TimeoutError:
+                raise _TooSlow from None
+        if message["type"] == "http.request":
+            self.seen += len(message.get("body", b""))
+            self.complete = not message.get("more_body", False)
+            if self.seen > self.max_bytes:
+                raise _TooLarge
+        elif message["type"] == "http.disconnect" and not self.complete:
+            raise ClientGone
+        return message
+
+    def refusal(self, exc: BodyLimitError | None, scope: Scope) -> tuple[int, str, Headers]:
+        """The answer to a body over the limit (`exc` None: announced so) or too slow."""
+        if isinstance(exc, _TooSlow):
+            message = (
+                f"request body not complete {self.max_seconds:g} s after the request "
+                f"(MIMO_REQUEST_TIMEOUT_S; {self.seen} bytes came): send the body at once"
+            )
+            # The rest of the body is never read: the connection ends with the answer.
+            return 408, message, [(b"connection", b"close")]
+        size = (
+            dict(scope["headers"])[b"content-length"].decode()
+            if exc is None
+            else f"more than {self.max_bytes}"
+        )
+        message = (
+            f"request body of {size} bytes is over the limit of {self.max_bytes} bytes "
+            "(MIMO_MAX_BODY_BYTES): send smaller or fewer images"
+        )
+        return 413, message, []
+
+
+class Guard:
+    """Every HTTP request's body limits (LimitedBody) and request metrics
+    (metrics.RequestRecord), in one layer: each layer costs a coroutine and a wrapped `send`
+    per request."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, max_seconds: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
 
-    def _message(self, size: int | str) -> str:
-        return (
-            f"request body of {size} bytes is over the limit of {self.max_bytes} bytes "
-            "(MIMO_MAX_BODY_BYTES): send smaller or fewer images"
-        )
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status = 0  # of the answer, once it starts
-        seen = 0
-        complete = False  # the whole body has arrived
-        deadline = None if self.max_seconds is None else time.monotonic() + self.max_seconds
+        record = metrics.RequestRecord(endpoint_of(scope["path"]))
 
-        async def guarded_receive() -> Message:
-            nonlocal seen, complete
-            if complete or deadline is None:
-                message = await receive()
-            else:
-                try:  # (asyncio.timeout: no task per call, unlike wait_for)
-                    async with asyncio.timeout(deadline - time.monotonic()):
-                        message = await receive()
-                except TimeoutError:
-                    raise _TooSlow from None
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                complete = not message.get("more_body", False)
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            elif message["type"] == "http.disconnect" and not complete:
-                raise ClientGone
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal status
+        async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status = message["status"]
+                record.status = message["status"]
             await send(message)
 
-        metrics.IN_FLIGHT.inc()
+        body = LimitedBody(receive, self.max_bytes, self.max_seconds)
         try:
-            declared = dict(scope["headers"]).get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                await send_error(guarded_send, 413, self._message(int(declared)))
+            if body.declared_too_large(scope):
+                await send_error(recording_send, *body.refusal(None, scope))
                 return
             try:
-                await self.app(scope, guarded_receive, guarded_send)
-            except _TooLarge:
-                if not status:
-                    await send_error(
-                        guarded_send, 413, self._message(f"more than {self.max_bytes}")
-                    )
-            except _TooSlow:
-                if not status:
-                    message = (
-                        f"request body not complete {self.max_seconds:g} s after the request "
-                        f"(MIMO_REQUEST_TIMEOUT_S; {seen} bytes came): send the body at once"
-                    )
-                    # The rest of the body is never read: the connection ends with the answer.
-                    await send_error(guarded_send, 408, message, [(b"connection", b"close")])
+                await self.app(scope, body, recording_send)
+            except BodyLimitError as exc:
+                if not record.status:
+                    await send_error(recording_send, *body.refusal(exc, scope))
         except ClientDisconnect:
-            status = ClientGone.status_code  # no answer can reach it; not a server error
+            record.status = ClientGone.status_code  # no answer can reach it; not a server error
         finally:
-            metrics.IN_FLIGHT.dec()
-            endpoint = endpoint_of(scope["path"])
-            metrics.child(metrics.REQUESTS, endpoint, str(status or 500)).inc()
-            metrics.child(metrics.REQUEST_DURATION, endpoint).observe(time.perf_counter() - started)
+            record.done()
 
 
 class BodyLimitError(Exception):

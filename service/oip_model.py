@@ -32,6 +32,7 @@ SERVER = {
 }
 PLATFORM = "onnxruntime_onnx"
 INPUT = "images"
+INPUT_DATATYPES = ("FP32", "UINT8")  # pixels in [0, 1], or 0-255
 PACKED_OUTPUTS = ("probabilities", "head")  # what a packed request can ask for
 
 

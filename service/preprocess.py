@@ -23,9 +23,19 @@ try:  # libspng: a small 8-bit PNG in ~5 us, where Pillow takes ~60 us (the comm
 except ImportError:  # no wheel for this platform (pyproject.toml): Pillow decodes every PNG
     pyspng = None
 
-ACCEPTED = "PNG, JPEG, GIF, BMP, TIFF or WebP"
-# Only these decoders ever see a request's bytes (Pillow knows many more, EPS among them).
-FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+# The image formats a request may carry, by name, with their media types. Only these decoders
+# ever see a request's bytes (Pillow knows many more, EPS among them).
+IMAGE_FORMATS = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+    "WebP": "image/webp",
+}
+FORMATS = tuple(name.upper() for name in IMAGE_FORMATS)  # Pillow's names
+MEDIA_TYPES = tuple(IMAGE_FORMATS.values())
+ACCEPTED = f"{', '.join(list(IMAGE_FORMATS)[:-1])} or {list(IMAGE_FORMATS)[-1]}"
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,

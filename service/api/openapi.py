@@ -11,6 +11,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from service.oip import DTYPES
+from service.oip_model import INPUT_DATATYPES
 from service.parameters import DEFAULTS, MODES
 from service.schemas import ErrorResponse
 
@@ -41,7 +43,6 @@ def errors(*codes: int, **texts: str) -> dict[int | str, dict[str, Any]]:
 
 # --- the Open Inference Protocol (KServe v2) bodies ---------------------------------------------
 
-_DATATYPES = ["BOOL", "UINT8", "INT32", "INT64", "FP32", "FP64"]
 _OUTPUT_PARAMETERS = {
     "type": "object",
     "properties": {"binary_data": {"type": "boolean", "description": "answer it as binary"}},
@@ -78,7 +79,7 @@ INFER_REQUEST = {
                 "properties": {
                     "name": {"type": "string", "examples": ["images"]},
                     "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                    "datatype": {"type": "string", "enum": ["FP32", "UINT8"]},
+                    "datatype": {"type": "string", "enum": list(INPUT_DATATYPES)},
                     "data": {
                         "type": "array",
                         "description": "the values in row-major order, flat or nested; "
@@ -122,7 +123,7 @@ INFER_RESPONSE = {
                 "required": ["name", "datatype", "shape"],
                 "properties": {
                     "name": {"type": "string"},
-                    "datatype": {"type": "string", "enum": _DATATYPES},
+                    "datatype": {"type": "string", "enum": list(DTYPES)},
                     "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
                     "data": {"type": "array"},
                     "parameters": {

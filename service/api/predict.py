@@ -11,23 +11,23 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from service import metrics
+from service.api.openapi import errors
 from service.deps import ApiKey, AppState, StateDep
 from service.encode import predict_answer
 from service.errors import BadRequest, UnsupportedMediaType
 from service.parameters import PredictParameters
-from service.preprocess import ACCEPTED, is_raw_image, preprocess_all
-from service.schemas import ErrorResponse, PredictResponse
+from service.preprocess import ACCEPTED, MEDIA_TYPES, is_raw_image, preprocess_all
+from service.schemas import PredictResponse
 
 router = APIRouter(tags=["predict"])
 
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff", "image/webp")
 _binary = {"schema": {"type": "string", "format": "binary"}}
 REQUEST_BODY = {
     "requestBody": {
         "required": True,
         "description": "One image as the raw body, or one or more multipart `file` parts.",
         "content": {
-            **{t: _binary for t in IMAGE_TYPES},
+            **{t: _binary for t in MEDIA_TYPES},
             "application/octet-stream": _binary,
             "multipart/form-data": {
                 "schema": {
@@ -39,20 +39,20 @@ REQUEST_BODY = {
         },
     }
 }
-ERRORS = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
-        400: "empty, foreign, truncated or corrupt image; bad parameters",
-        401: "missing or wrong API key",
-        404: "unknown model or version",
-        408: "body not all received within the request timeout (the connection closes)",
-        413: "body or image over the limits",
-        415: "unsupported content type",
-        429: "queue full (see Retry-After)",
-        503: "the model is being unloaded (see Retry-After)",
-        504: "no answer within the request timeout",
-    }.items()
-}
+ERRORS = errors(
+    400,
+    401,
+    404,
+    408,
+    413,
+    415,
+    429,
+    503,
+    504,
+    e400="empty, foreign, truncated or corrupt image; bad parameters",
+    e413="body or image over the limits",
+    e503="the model is being unloaded (see Retry-After)",
+)
 
 
 # (filename, bytes, content type) of one image of a request

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import FileResponse
 
 from service.errors import NotFound
+from service.preprocess import IMAGE_FORMATS, MEDIA_TYPES
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
-MEDIA_TYPES = {
+MEDIA_TYPES_BY_SUFFIX = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
@@ -42,7 +43,7 @@ def _files() -> dict[str, Path]:
     return {
         path.relative_to(STATIC).as_posix(): path
         for path in STATIC.rglob("*")
-        if path.is_file() and path.suffix in MEDIA_TYPES
+        if path.is_file() and path.suffix in MEDIA_TYPES_BY_SUFFIX
     }
 
 
@@ -54,16 +55,33 @@ def _serve(name: str) -> FileResponse:
     path = FILES.get(name)
     if path is None:
         raise NotFound(f"no such file: /static/{name}")
-    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=SECURITY_HEADERS)
+    return FileResponse(
+        path, media_type=MEDIA_TYPES_BY_SUFFIX[path.suffix], headers=SECURITY_HEADERS
+    )
+
+
+def _page() -> bytes:
+    """index.html with the accepted image formats filled in from service.preprocess."""
+    path = FILES.get("index.html")
+    if path is None:
+        return b""
+    text = path.read_text(encoding="utf-8")
+    text = text.replace("{{formats}}", ", ".join(IMAGE_FORMATS))
+    return text.replace("{{media_types}}", ",".join(MEDIA_TYPES)).encode()
+
+
+PAGE = _page()
 
 
 @router.get("/")
-def page() -> FileResponse:
+def page() -> Response:
     """The page (index.html)."""
-    return _serve("index.html")
+    if not PAGE:
+        raise NotFound("no page: service/static/index.html is missing from this install")
+    return Response(PAGE, media_type=MEDIA_TYPES_BY_SUFFIX[".html"], headers=SECURITY_HEADERS)
 
 
 @router.get("/static/{name:path}")
-def static(name: str) -> FileResponse:
+def static(name: str) -> Response:
     """The page's scripts, style and example images."""
-    return _serve(name)
+    return page() if name == "index.html" else _serve(name)

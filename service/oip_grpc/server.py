@@ -42,7 +42,8 @@ STATUS_CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-# Where InferTensorContents keeps the values of each datatype.
+# Where InferTensorContents keeps the values of each datatype (of service.oip.DTYPES; a test
+# checks that the two name the same datatypes).
 CONTENTS = {
     "BOOL": "bool_contents",
     "UINT8": "uint_contents",
@@ -177,15 +178,13 @@ def _instrumented(method: str, call: Handler) -> Handler:
     endpoint = f"grpc:{method}"
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Message:
-        status = 500
-        started = time.perf_counter()
-        metrics.IN_FLIGHT.inc()
+        record = metrics.RequestRecord(endpoint)
         try:
             answer = await call(request, context)
-            status = 200
+            record.status = 200
             return answer
         except ServiceError as exc:
-            status = exc.status_code
+            record.status = exc.status_code
             if "Retry-After" in exc.headers:
                 context.set_trailing_metadata((("retry-after", exc.headers["Retry-After"]),))
             code = STATUS_CODES.get(exc.status_code, grpc.StatusCode.INVALID_ARGUMENT)
@@ -198,9 +197,7 @@ def _instrumented(method: str, call: Handler) -> Handler:
             await context.abort(grpc.StatusCode.INTERNAL, internal_error(exc))
             raise
         finally:
-            metrics.IN_FLIGHT.dec()
-            metrics.child(metrics.REQUESTS, endpoint, str(status)).inc()
-            metrics.child(metrics.REQUEST_DURATION, endpoint).observe(time.perf_counter() - started)
+            record.done()
 
     return handle
 

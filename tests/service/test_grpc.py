@@ -460,3 +460,12 @@ def test_kserve_grpc_client(
         assert list(outputs) == OUTPUTS
         np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"], atol=1e-6)
         assert outputs["uncertain"] == expected["uncertain"].tolist()
+
+
+def test_grpc_contents_cover_the_protocol_datatypes() -> None:
+    """Every datatype the REST codec knows has its InferTensorContents field over gRPC."""
+    from service import oip
+    from service.oip_grpc.server import CONTENTS
+
+    assert CONTENTS.keys() == oip.DTYPES.keys()
+    assert all(hasattr(pb.InferTensorContents(), field) for field in CONTENTS.values())

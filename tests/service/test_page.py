@@ -462,3 +462,14 @@ def test_a_model_flagging_by_entropy_is_worded_for_it(
         page.snap("09-entropy-flag")
     finally:
         process.stop()
+
+
+def test_page_lists_the_formats_the_server_decodes(client: TestClient) -> None:
+    """The page's file chooser is filled from service.preprocess, never written by hand."""
+    from service.preprocess import IMAGE_FORMATS, MEDIA_TYPES
+
+    for url in ("/", "/static/index.html"):
+        text = client.get(url).text
+        assert "{{" not in text
+        assert f"({', '.join(IMAGE_FORMATS)})" in text
+        assert f'accept="{",".join(MEDIA_TYPES)}"' in text
