@@ -10,8 +10,8 @@ other on the same images (what one would do without MIMO). Weights are untrained
 speed only); BatchNorm statistics come from two train-mode passes on random images so that
 activations have a realistic scale.
 
-    python benchmarks/bench_compute.py                            # the full run (minutes)
-    python benchmarks/bench_compute.py --networks mnist-cnn --members 1 2 --batches 1 \
+    python -m benchmarks.bench_compute                            # the full run (minutes)
+    python -m benchmarks.bench_compute --networks mnist-cnn --members 1 2 --batches 1 \
         --threads 1 --repeats 1 --warmup 1 --sample-s 0.01 --peak-size 256   # seconds
 
 Timing: after `--warmup` calls, each sample runs a session (or the whole ensemble) for at least
@@ -31,33 +31,27 @@ sgemm (median of the per-repeat ratios), so that a machine busy with other work 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
-import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from service.runtime import create_session  # noqa: E402
-from training.config import PRESETS  # noqa: E402
-from training.conversion import OPSET, to_onnx_bytes  # noqa: E402
-from training.models import MimoNetwork, build_network  # noqa: E402
+from benchmarks.common import cores, machine_info, service_session, time_calls
+from training.config import PRESETS
+from training.conversion import OPSET, to_onnx_bytes
+from training.models import MimoNetwork, build_network
 
 MNIST = PRESETS["mnist"]  # the default model's recipe (models/mnist/1)
 
@@ -98,23 +92,6 @@ NETWORKS: dict[str, NetworkSpec] = {
 TARGET_M = 3
 MAX_MIMO_OVER_SINGLE = 1.10  # MIMO M=3 time <= 1.10 x M=1 time
 MIN_ENSEMBLE_OVER_MIMO = 2.7  # ensemble of 3 time >= 2.7 x MIMO M=3 time
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -214,8 +191,8 @@ def sgemm_gflops(size: int, threads: int, repeats: int, sample_s: float) -> dict
     `sample_s` seconds (at least 0.05) each."""
     run, flops = sgemm_runner(size, threads)
     run()  # warm-up
-    calls = calls_per_sample(run, None, max(sample_s, 0.05))
-    samples = [flops / sample_ms(run, None, calls) / 1e6 for _ in range(max(3, repeats))]
+    seconds = max(sample_s, 0.05)
+    samples = [flops / time_calls(run, seconds).mean_s / 1e9 for _ in range(max(3, repeats))]
     return {"gflops": statistics.median(samples), "samples": samples}
 
 
@@ -273,20 +250,6 @@ def ensemble_runner(sessions: list[ort.InferenceSession]) -> Callable[[np.ndarra
     return run
 
 
-def calls_per_sample(run: Callable[[Any], Any], images: Any, sample_s: float) -> int:
-    start = time.perf_counter()
-    run(images)
-    once = time.perf_counter() - start
-    return max(1, math.ceil(sample_s / max(once, 1e-7)))
-
-
-def sample_ms(run: Callable[[Any], Any], images: Any, calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        run(images)
-    return (time.perf_counter() - start) / calls * 1e3
-
-
 def median_ratio(a: list[float], b: list[float]) -> float:
     """Median over repeats of a[i] / b[i]: samples of one repeat were taken side by side."""
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
@@ -299,11 +262,10 @@ def measure_cell(
 ) -> dict[str, list[float]]:
     """ms per call of each runner: `repeats` samples, the runners taking turns."""
     names = list(runners)
-    calls = {}
+    calls = {name: functools.partial(runners[name], images) for name in names}
     for name in names:
         for _ in range(args.warmup):
-            runners[name](images)
-        calls[name] = calls_per_sample(runners[name], images, args.sample_s)
+            calls[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
     gc.collect()
     gc.disable()
@@ -311,7 +273,7 @@ def measure_cell(
         for r in range(args.repeats):
             k = r % len(names)
             for name in names[k:] + names[:k]:  # rotate: no variant always runs first
-                samples[name].append(sample_ms(runners[name], images, calls[name]))
+                samples[name].append(1e3 * time_calls(calls[name], args.sample_s).mean_s)
     finally:
         gc.enable()
     return samples
@@ -366,10 +328,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 },
             }
             for threads in args.threads:
-                mimo_sessions = {
-                    m: create_session(str(p), "cpu", threads) for m, p in mimo_paths.items()
-                }
-                member_sessions = [create_session(str(p), "cpu", threads) for p in member_paths]
+                mimo_sessions = {m: service_session(p, threads) for m, p in mimo_paths.items()}
+                member_sessions = [service_session(p, threads) for p in member_paths]
                 runners: dict[str, Callable[[np.ndarray], Any]] = {}
                 for m, session in mimo_sessions.items():
                     runners[f"mimo-{m}"] = mimo_runner(session, m)
@@ -403,13 +363,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for t in peak_threads
     }
     return {
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": n_cores,
-            "python": platform.python_version(),
-            "onnxruntime": ort.__version__,
+        "machine": machine_info()
+        | {
             "torch": torch.__version__,
-            "numpy": np.__version__,
             # the machine may be shared: 1-minute load averages around the run
             "load_before": load_before[0],
             "load_after": os.getloadavg()[0],

@@ -7,10 +7,11 @@ benchmarks/bench_serving.py, started the same way); each round gives every serve
 `--requests` on a fresh connection (so blocks land on either worker of a multi-worker server),
 in an order that turns from round to round, with a pause before each block so that threads a
 server left spinning stop before the next one is timed. The table gives medians over all
-requests and the median of each round's ratio to the first server, with its range.
+requests (p90 and p99 interpolated: benchmarks/common.py) and the median of each round's ratio
+to the first server, with its range.
 
-    python benchmarks/bench_latency.py --servers plain mimo --rounds 20 --requests 300
-    python benchmarks/bench_latency.py --tree /tmp/before --servers plain mimo@before mimo
+    python -m benchmarks.bench_latency --servers plain mimo --rounds 20 --requests 300
+    python -m benchmarks.bench_latency --tree /tmp/before --servers plain mimo@before mimo
 """
 
 from __future__ import annotations
@@ -18,16 +19,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
-import platform
 import socket
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from bench_serving import DEFAULT_IMAGE, DEFAULT_MODEL, start_all
+from benchmarks.bench_serving import add_server_options, start_all
+from benchmarks.common import machine_info, percentile
 
 
 def request_bytes(path: str, port: int, image: bytes) -> bytes:
@@ -81,12 +80,6 @@ def block(port: int, request: bytes, n: int) -> list[float]:
     return times
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The nearest-rank percentile: the smallest value with at least q of them at or below."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -96,24 +89,12 @@ def positive(text: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
-    parser.add_argument(
-        "--servers",
-        nargs="+",
-        default=["plain", "mimo"],
-        help="the first is the one the others are compared with",
+    add_server_options(
+        parser, ["plain", "mimo"], "the first is the one the others are compared with"
     )
     parser.add_argument("--rounds", type=positive, default=20)
     parser.add_argument("--requests", type=positive, default=300, help="requests per block")
     parser.add_argument("--pause", type=float, default=0.15, help="seconds before each block")
-    parser.add_argument(
-        "--threads", type=int, default=0, help="MIMO_THREADS (0: the service's rule)"
-    )
-    parser.add_argument(
-        "--tree", type=Path, nargs="*", default=[], help="other checkouts: mimo@<folder name>"
-    )
-    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     return parser.parse_args(argv)
 
 
@@ -147,8 +128,8 @@ def main(argv: list[str] | None = None) -> None:
                 "server": name,
                 "requests": len(every[name]),
                 "p50_us": 1e6 * statistics.median(every[name]),
-                "p90_us": 1e6 * percentile(every[name], 0.90),
-                "p99_us": 1e6 * percentile(every[name], 0.99),
+                "p90_us": 1e6 * percentile(every[name], 90),
+                "p99_us": 1e6 * percentile(every[name], 99),
                 "p50_vs_first": statistics.median(ratios),
                 "p50_vs_first_range": [min(ratios), max(ratios)],
                 "rounds_lower_than_first": sum(r < 1 for r in ratios),
@@ -167,9 +148,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['rounds_lower_than_first']}/{args.rounds} |"
         )
     if args.out:
-        machine = {"machine": platform.processor() or platform.machine(), "python": sys.version}
         settings = {k: str(v) for k, v in vars(args).items()}
-        args.out.write_text(json.dumps({**machine, "args": settings, "rows": rows}, indent=1))
+        result = {"machine": machine_info(), "args": settings, "rows": rows}
+        args.out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ what a single head costs in accuracy.
   the M slots, mean of the heads) against packed mode (M consecutive test images per row,
   each answered by its own slot's head, as service/inference.py `pack` fills the slots);
 - images/s of both at `--rows` rows per forward pass, for each `--model` (medians of
-  `--repeats` interleaved runs).
+  `--repeats` interleaved runs), on the service's own ONNX Runtime session.
 
-    python benchmarks/bench_packed.py --model models/mnist/1/model.onnx \\
+    python -m benchmarks.bench_packed --model models/mnist/1/model.onnx \\
         --model /tmp/cifar-models/cifar/1/model.onnx
 """
 
@@ -17,25 +17,17 @@ import argparse
 import json
 import os
 import statistics
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks.common import service_session, time_calls
+from service.inference import forward, pack, tile
+from service.uncertainty import softmax
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from service.inference import forward, pack, tile  # noqa: E402
-from service.uncertainty import softmax  # noqa: E402
-
-
-def session_of(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def accuracy(session: ort.InferenceSession, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -76,13 +68,8 @@ def images_per_s(session: ort.InferenceSession, rows: int, seconds: float) -> di
     x = np.random.default_rng(0).random((rows, m, c, h, w), dtype=np.float32)
     out = {}
     for mode, per_row in (("ensemble", 1), ("packed", m)):
-        for _ in range(3):
-            session.run(None, {"images": x})
-        runs, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            session.run(None, {"images": x})
-            runs += 1
-        out[mode] = runs * rows * per_row / (time.perf_counter() - started)
+        timing = time_calls(lambda: session.run(None, {"images": x}), seconds, warmup=3)
+        out[mode] = timing.per_second(rows * per_row)
     return out
 
 
@@ -98,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
     for path in args.model:
-        session = session_of(path, args.threads)
+        session = service_session(path, args.threads)
         runs = [images_per_s(session, args.rows, args.seconds) for _ in range(args.repeats)]
         speed = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         entry: dict[str, Any] = {

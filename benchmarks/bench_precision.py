@@ -1,7 +1,7 @@
 """The same model at several precisions (fp32, int8, fp16 exports): ONNX Runtime alone, no HTTP.
 
-    python benchmarks/bench_precision.py fp32=models/mnist/1/model.onnx int8=q/mnist/1/model.onnx
-    python benchmarks/bench_precision.py a.onnx b.onnx --batch 1 32 --threads 1 2 --repeats 5 \\
+    python -m benchmarks.bench_precision fp32=models/mnist/1/model.onnx int8=q/mnist/1/model.onnx
+    python -m benchmarks.bench_precision a.onnx b.onnx --batch 1 32 --threads 1 2 --repeats 5 \\
         --dataset mnist --data-dir ../shared/data/mnist --out precision.json
 
 Each file gets one session per thread count, with the service's own session options
@@ -25,11 +25,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import random
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +35,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from service.contract import contract_of  # noqa: E402
-from service.runtime import create_session  # noqa: E402
+from benchmarks.common import machine_info, service_session, time_calls
+from service.contract import contract_of
 
 SYNTHETIC = {  # architecture, width, depth
     "wrn-16-4": ("wrn", 4.0, 16),
@@ -111,14 +106,8 @@ def load_models(specs: list[str]) -> list[Model]:
 
 
 def images_per_second(session: ort.InferenceSession, tiled: np.ndarray, min_time: float) -> float:
-    calls = 0
-    start = time.perf_counter()
-    while True:
-        session.run(["logits"], {"images": tiled})
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time and calls >= 3:
-            return calls * len(tiled) / elapsed
+    timing = time_calls(lambda: session.run(["logits"], {"images": tiled}), min_time, min_calls=3)
+    return timing.per_second(len(tiled))
 
 
 def write_synthetic(name: str, folder: Path, calibration_images: int = 128) -> list[str]:
@@ -174,7 +163,7 @@ def measure_speed(models: list[Model], args: argparse.Namespace) -> list[dict[st
     sessions = {}
     for i, model in enumerate(models):
         for t in args.threads:
-            session = create_session(str(model.path), "cpu", t)
+            session = service_session(model.path, t)
             for b in args.batch:
                 for _ in range(args.warmup):
                     session.run(["logits"], {"images": inputs[b]})
@@ -224,7 +213,7 @@ def measure_quality(models: list[Model], args: argparse.Namespace) -> list[dict[
     m = models[0].ensemble_size
     rows, reference = [], None
     for model in models:
-        session = create_session(str(model.path), "cpu", 0)
+        session = service_session(model.path, 0)
         logits = np.concatenate(
             [
                 session.run(["logits"], {"images": np.repeat(x[i : i + 500, None], m, axis=1)})[0]
@@ -249,33 +238,11 @@ def measure_quality(models: list[Model], args: argparse.Namespace) -> list[dict[
     return rows
 
 
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
-    }
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    lines = dict(
-        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in text.splitlines())
-    )
-    flags = set(lines.get("flags", "").split())
-    info["cpu"] = lines.get("model name", platform.processor())
-    info["cpus"] = text.count("processor\t:")
-    info["int8_instructions"] = sorted(
-        f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}
-    )
-    return info
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     specs = write_synthetic(args.synthetic, args.synthetic_dir) if args.synthetic else args.models
     models = load_models(specs)
-    where = machine()
+    where = machine_info()
     print(f"machine: {json.dumps(where)}")
     speed = measure_speed(models, args)
     print()

@@ -2,8 +2,8 @@
 
 Starts nothing: point it at a server (`make serve` in another shell).
 
-    python benchmarks/bench_predict.py                         # http://127.0.0.1:8000
-    python benchmarks/bench_predict.py --requests 500 --out bench.json
+    python -m benchmarks.bench_predict                         # http://127.0.0.1:8000
+    python -m benchmarks.bench_predict --requests 500 --out bench.json
 
 Four measurements, each after a short warm-up:
 1. /predict, one call at a time over one keep-alive connection: the latency of a lone request.
@@ -19,9 +19,7 @@ import argparse
 import asyncio
 import io
 import json
-import platform
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,9 +27,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `training` and `service` when the project is not installed
+from benchmarks.common import machine_info, percentile
 
+ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 
 
@@ -57,10 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.requests < 1 or args.concurrency < 1 or args.warmup < 0:
         parser.error("--requests and --concurrency must be positive, --warmup non-negative")
     return args
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
 def default_image(model: dict[str, Any], mnist_dir: Path) -> tuple[bytes, str]:
@@ -265,7 +259,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "probability": answer["probability"],
             "mutual_information": answer["uncertainty"]["mutual_information"],
         },
-        "client": {"python": platform.python_version(), "httpx": httpx.__version__},
+        "client": machine_info() | {"httpx": httpx.__version__},
         "results": results,
     }
 

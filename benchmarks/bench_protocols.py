@@ -3,8 +3,8 @@ the same images, the same load generator (tritonclient's asyncio clients), inter
 
 Starts nothing: point it at a server with gRPC on (`make serve` listens on 8000 and 8001).
 
-    python benchmarks/bench_protocols.py                   # 127.0.0.1:8000 and :8001
-    python benchmarks/bench_protocols.py --concurrency 1 8 32 --repeats 3 --out protocols.json
+    python -m benchmarks.bench_protocols                   # 127.0.0.1:8000 and :8001
+    python -m benchmarks.bench_protocols --concurrency 1 8 32 --repeats 3 --out protocols.json
 
 Each measurement sends `--requests` infer calls of one image (`--batch` images with
 `--batch` > 1) as a binary FP32 tensor, `c` calls in flight at once, and asks for every output;
@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +24,8 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc.aio as grpc_aio
 import tritonclient.http.aio as http_aio
+
+from benchmarks.common import machine_info, percentile
 
 PROTOCOLS = ("http", "grpc")
 
@@ -91,11 +91,11 @@ async def measure(
         elapsed = time.perf_counter() - started
     finally:
         await client.close()
-    ms = np.array(latencies) * 1000
+    ms = [1000 * s for s in latencies]
     return {
         "req_per_s": len(latencies) / elapsed,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
     }
 
 
@@ -150,15 +150,16 @@ def table(rows: list[dict[str, Any]], batch: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     rows = asyncio.run(run(args))
+    machine = machine_info()
     print(
-        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"# {machine['cpu']}, {machine['cores']} cores, "
         f"{args.requests} calls x {args.repeats} runs (medians)"
     )
     print(table(rows, args.batch))
     if args.out:
-        args.out.write_text(
-            json.dumps({"args": vars(args) | {"out": str(args.out)}, "rows": rows}, indent=2)
-        )
+        settings = vars(args) | {"out": str(args.out)}
+        result = {"machine": machine, "args": settings, "rows": rows}
+        args.out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Serving throughput and latency, side by side in one run: this service (batching on and off,
 1 and 2 workers), the plain FastAPI app a user would write, LitServe with batching, the most
-trivial FastAPI endpoint, and ONNX Runtime alone with no HTTP.
+trivial FastAPI endpoint, and ONNX Runtime alone with no HTTP (the service's session options).
 
 Starts each server itself on a free loopback port, one at a time, loads it with `hey`
 (Debian package `hey`) at each concurrency for `--seconds`, stops it; the whole round is
@@ -11,11 +11,11 @@ is up at once and they take turns every `--seconds`: on a machine whose speed dr
 minutes, this is the finer interleaving (an A-vs-A run of the service against itself gives
 1.00, quartiles 0.97-1.04, at 2-second turns).
 
-    python benchmarks/bench_serving.py                             # the default model
-    python benchmarks/bench_serving.py --servers mimo plain trivial --concurrency 1 32
-    python benchmarks/bench_serving.py --side-by-side --seconds 2 --repeats 15 \
+    python -m benchmarks.bench_serving                             # the default model
+    python -m benchmarks.bench_serving --servers mimo plain trivial --concurrency 1 32
+    python -m benchmarks.bench_serving --side-by-side --seconds 2 --repeats 15 \
         --tree /tmp/before --servers mimo@before mimo plain trivial
-    python benchmarks/bench_serving.py --model models/cifar/1/model.onnx --image cat.png
+    python -m benchmarks.bench_serving --model models/cifar/1/model.onnx --image cat.png
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -42,6 +41,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from benchmarks.common import machine_info, service_session, time_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -142,7 +143,8 @@ def servers(
             "LitServe 0.2, batching 32 / 5 ms (benchmarks/baselines/litserve_app.py)",
             [
                 PY,
-                "benchmarks/baselines/litserve_app.py",
+                "-m",
+                "benchmarks.baselines.litserve_app",
                 "--port",
                 str(port),
                 "--model",
@@ -332,38 +334,26 @@ def side_by_side(
 
 
 def raw_ort(model: Path, image: np.ndarray, threads: int, seconds: float) -> dict[str, float]:
-    """ONNX Runtime alone: the same decode-free tensor, one image per run, as fast as it goes."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    """ONNX Runtime alone, with the service's session options: the same decode-free tensor, one
+    image per run and 32 per run, as fast as it goes."""
+    session = service_session(model, threads)
     m = session.get_inputs()[0].shape[1]
     out: dict[str, float] = {}
     for batch in (1, 32):
         x = np.ascontiguousarray(np.broadcast_to(image[None, None], (batch, m, *image.shape)))
-        for _ in range(20):
-            session.run(None, {"images": x})
-        runs, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            session.run(None, {"images": x})
-            runs += 1
-        out[f"images_per_s_batch{batch}"] = runs * batch / (time.perf_counter() - started)
+        timing = time_calls(lambda x=x: session.run(None, {"images": x}), seconds, warmup=20)
+        out[f"images_per_s_batch{batch}"] = timing.per_second(batch)
     return out
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_server_options(
+    parser: argparse.ArgumentParser, servers: list[str], servers_help: str | None = None
+) -> None:
+    """The options that say which servers run and on what: this script's and bench_latency's
+    (`servers`: the default of --servers)."""
+    parser.add_argument("--servers", nargs="+", default=servers, help=servers_help)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
-    parser.add_argument(
-        "--servers",
-        nargs="+",
-        default=["mimo", "mimo-nobatch", "mimo-2w", "plain", "litserve", "trivial"],
-    )
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
-    parser.add_argument("--seconds", type=float, default=5.0, help="hey -z per measurement")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--threads", type=int, default=0, help="MIMO_THREADS (0: the service's rule)"
     )
@@ -375,36 +365,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="other checkouts of this repository to serve too, as server mimo@<folder name> "
         "(name it in --servers)",
     )
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_server_options(parser, ["mimo", "mimo-nobatch", "mimo-2w", "plain", "litserve", "trivial"])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--seconds", type=float, default=5.0, help="hey -z per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--side-by-side",
         action="store_true",
         help="start every server at once and take turns every --seconds (finer interleaving "
         "than one server after the other; the ratios are medians of each repeat's own)",
     )
-    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if shutil.which("hey") is None:
         parser.error("needs `hey` (Debian package hey)")
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    image = args.image.read_bytes()
+def model_tensor(model: Path, image: Path) -> np.ndarray:
+    """`image` as the model takes it, [C, H, W] in [0, 1]: what ONNX Runtime alone is fed."""
     import onnxruntime as ort
     from PIL import Image
 
-    shape = (
-        ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
-        .get_inputs()[0]
-        .shape
-    )
-    pixels = (
-        Image.open(args.image).convert("L" if shape[2] == 1 else "RGB").resize((shape[4], shape[3]))
-    )
+    images = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs()[0]
+    _, _, c, h, w = images.shape
+    pixels = Image.open(image).convert("L" if c == 1 else "RGB").resize((w, h))
     tensor = np.asarray(pixels, np.float32) / 255.0
-    tensor = tensor[None] if tensor.ndim == 2 else tensor.transpose(2, 0, 1)
-    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    return tensor[None] if tensor.ndim == 2 else tensor.transpose(2, 0, 1)
+
+
+Runs = dict[tuple[str, int], list[dict[str, Any]]]
+
+
+def measure(args: argparse.Namespace) -> tuple[Runs, list[dict[str, float]]]:
+    """Every hey run of every (server, concurrency), and each repeat's ONNX Runtime alone."""
+    image = args.image.read_bytes()
+    tensor = model_tensor(args.model, args.image)
+    runs: Runs = {}
     raw: list[dict[str, float]] = []
 
     def ort_alone() -> None:
@@ -426,6 +427,12 @@ def main(argv: list[str] | None = None) -> None:
             for c, result in measure_server(server, port, image, args.image, args).items():
                 runs.setdefault((name, c), []).append(result)
         ort_alone()
+    return runs, raw
+
+
+def summarize(runs: Runs) -> list[dict[str, Any]]:
+    """A row per (server, concurrency): medians over the repeats, and each repeat's own ratio
+    to the plain app and the trivial endpoint."""
     rows = []
     for (name, c), results in runs.items():
         rows.append(
@@ -451,12 +458,19 @@ def main(argv: list[str] | None = None) -> None:
             ratios = [a["req_per_s"] / b["req_per_s"] for a, b in zip(mine, other, strict=False)]
             row[f"vs_{ref}"] = statistics.median(ratios) if ratios else None
             row[f"vs_{ref}_range"] = (min(ratios), max(ratios)) if ratios else None
-    raw_median = {k: statistics.median(r[k] for r in raw) for k in raw[0]}
-    catalogue = servers(args.model, 0, args.threads, args.tree)
-    what = {name: catalogue[name].what for name in args.servers}
+    return rows
+
+
+def print_report(
+    args: argparse.Namespace,
+    machine: dict[str, Any],
+    rows: list[dict[str, Any]],
+    raw: dict[str, float],
+    what: dict[str, str],
+) -> None:
+    model = args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model
     print(
-        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; model "
-        f"{args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model}; "
+        f"# {machine['cpu']}, {machine['cores']} cores; model {model}; "
         f"hey -z {args.seconds}s, medians of {args.repeats}"
         + (", side by side" if args.side_by_side else "")
     )
@@ -476,17 +490,29 @@ def main(argv: list[str] | None = None) -> None:
         )
     print(
         f"\nONNX Runtime alone, no HTTP ({os.cpu_count()} threads): "
-        f"{raw_median['images_per_s_batch1']:.0f} images/s at batch 1, "
-        f"{raw_median['images_per_s_batch32']:.0f} at batch 32; on one thread at batch 32 "
-        f"{raw_median['one_thread_images_per_s_batch32']:.0f} images/s, that is "
-        f"{1000 / raw_median['one_thread_images_per_s_batch32']:.3f} CPU ms per image"
+        f"{raw['images_per_s_batch1']:.0f} images/s at batch 1, "
+        f"{raw['images_per_s_batch32']:.0f} at batch 32; on one thread at batch 32 "
+        f"{raw['one_thread_images_per_s_batch32']:.0f} images/s, that is "
+        f"{1000 / raw['one_thread_images_per_s_batch32']:.3f} CPU ms per image"
     )
     for name, text in what.items():
         print(f"- `{name}`: {text}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    machine = machine_info()
+    runs, raw = measure(args)
+    rows = summarize(runs)
+    raw_median = {k: statistics.median(r[k] for r in raw) for k in raw[0]}
+    catalogue = servers(args.model, 0, args.threads, args.tree)
+    what = {name: catalogue[name].what for name in args.servers}
+    print_report(args, machine, rows, raw_median, what)
     if args.out:
         args.out.write_text(
             json.dumps(
                 {
+                    "machine": machine,
                     "rows": rows,
                     "raw_ort": raw_median,
                     "servers": what,

@@ -2,29 +2,23 @@
 the cost: WRN-16-4 (or ResNet-18), M=3, 3x32x32, 10 classes, untrained weights (speed only),
 exported with training's exporter and the contract's metadata, ready for the service.
 
-    python benchmarks/make_cifar_model.py --out /tmp/cifar-models      # -> cifar/1/model.onnx
-    python benchmarks/bench_serving.py --model /tmp/cifar-models/cifar/1/model.onnx \\
+    python -m benchmarks.make_cifar_model --out /tmp/cifar-models      # -> cifar/1/model.onnx
+    python -m benchmarks.bench_serving --model /tmp/cifar-models/cifar/1/model.onnx \\
         --image /tmp/cifar-models/cat.png
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from bench_compute import NETWORKS, make_network  # noqa: E402
-
-from service.contract import ModelContract  # noqa: E402
-from training.conversion import to_onnx_bytes  # noqa: E402
+from benchmarks.bench_compute import NETWORKS, make_network
+from service.contract import ModelContract
+from training.conversion import to_onnx_bytes
 
 
 def main(argv: list[str] | None = None) -> None:

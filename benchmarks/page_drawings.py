@@ -8,7 +8,7 @@ model trained with `pen_strokes`, the `HELD_OUT` that no model trains on) `--han
 the pointer: press, move, lift, stroke after stroke. The page sends the drawing by itself when
 the pen stays up, as it does for a person; the verdict is read off the page.
 
-    python benchmarks/page_drawings.py --model models/mnist/1/model.onnx --out drawn-page.json
+    python -m benchmarks.page_drawings --model models/mnist/1/model.onnx --out drawn-page.json
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import json
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from training.drawn import GROUPS, summary_line
+from training.strokes import CANVAS, Shape, hand
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from training.drawn import GROUPS, summary_line  # noqa: E402
-from training.strokes import CANVAS, Shape, hand  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -116,8 +115,9 @@ def draw(driver: Any, shape: Shape) -> dict[str, Any]:
 
 
 def measure(model: Path, hands: int, seed: int) -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from support import SERVICE, free_port, service_env, start_service
+    # The tests' way of starting the service; `tests` is found from the repository root, where
+    # `python -m benchmarks.page_drawings` runs.
+    from tests.support import SERVICE, free_port, service_env, start_service
 
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as folder:

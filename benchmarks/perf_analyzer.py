@@ -7,8 +7,8 @@ perf_analyzer comes from PyPI's `perf-analyzer` wheel, which is built for glibc 
 program runs in a Debian 13 (trixie) container built from Debian's packages with podman
 (benchmarks/podman.py), on the host's network.
 
-    python benchmarks/perf_analyzer.py                       # models/mnist/1, c = 1, 8, 32
-    python benchmarks/perf_analyzer.py --concurrency 8 --seconds 3 --out /tmp/pa
+    python -m benchmarks.perf_analyzer                       # models/mnist/1, c = 1, 8, 32
+    python -m benchmarks.perf_analyzer --concurrency 8 --seconds 3 --out /tmp/pa
 
 perf_analyzer's default input is random bytes, NaN among them, which the service refuses
 (400: "contains NaN or infinity"); here it sends real digits (`input_data`), as a user should
@@ -32,8 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_serving import free_port, hey, servers, serving
-from podman import DebianImage, ensure_image, podman, unusable
+
+# tests/deploy/test_perf_analyzer.py imports this file as the module `perf_analyzer`, with
+# benchmarks/ on sys.path, for `run` and the image alone: there `podman` is a module of its own
+# and `measure` (bench_serving's servers) is never called.
+if __package__:
+    from benchmarks.bench_serving import free_port, hey, servers, serving
+    from benchmarks.podman import DebianImage, ensure_image, podman, unusable
+else:
+    from podman import DebianImage, ensure_image, podman, unusable
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = "2.60.0"

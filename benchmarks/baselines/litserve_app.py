@@ -1,7 +1,7 @@
 """LitServe with its dynamic batching, the same model and the same work as the plain app:
 decode, tile M times, one `session.run` per batch, softmax and mean.
 
-    python benchmarks/baselines/litserve_app.py --port 8102 [--model models/mnist/1/model.onnx]
+    python -m benchmarks.baselines.litserve_app --port 8102 [--model models/mnist/1/model.onnx]
 """
 
 # No `from __future__ import annotations`: LitServe reads decode_request's annotation at run

@@ -1,8 +1,8 @@
 """The GPU path checked and measured in one call: the service on CUDA against the same
 machine's CPU cores, side by side in one run, and ONNX Runtime alone beside it.
 
-    python benchmarks/gpu/bench_gpu.py --out results/            # on the GPU machine
-    python benchmarks/gpu/bench_gpu.py --out /tmp/r --provider cpu --tiny   # anywhere
+    python -m benchmarks.gpu.bench_gpu --out results/            # on the GPU machine
+    python -m benchmarks.gpu.bench_gpu --out /tmp/r --provider cpu --tiny   # anywhere
 
 In order of what matters most, each step written out as soon as it is done (so a run stopped
 at its time limit still leaves what it measured), the rest skipped when `--budget-s` runs out:
@@ -31,7 +31,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -46,14 +45,13 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.bench_serving import free_port, hey, stop
+from benchmarks.common import machine_info, service_session, time_calls
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT))
-
-from bench_serving import free_port, hey, stop  # noqa: E402
-
 PY = sys.executable
 MNIST = ROOT / "models" / "mnist" / "1" / "model.onnx"
+MODULE = "benchmarks.gpu.bench_gpu"
 LIBS_FLAG = "MIMO_GPU_BENCH_LIBS"  # set once the CUDA libraries are on the loader's path
 BATCHES = (1, 32, 256)
 CLIENTS = (1, 32, 256)
@@ -78,7 +76,7 @@ def nvidia_library_dirs() -> list[str]:
 
 
 def with_cuda_libraries() -> None:
-    """Re-run this script once with LD_LIBRARY_PATH naming those folders: the loader reads it
+    """Re-run this module once with LD_LIBRARY_PATH naming those folders: the loader reads it
     at start only, and the servers started from here inherit it."""
     if os.environ.get(LIBS_FLAG):
         return
@@ -87,7 +85,8 @@ def with_cuda_libraries() -> None:
     env[LIBS_FLAG] = "1"
     if dirs:
         env["LD_LIBRARY_PATH"] = ":".join([*dirs, env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
-    os.execve(PY, [PY, *sys.argv], env)
+    # as a module again, from the same folder (sys.argv[0] is this file's path)
+    os.execve(PY, [PY, "-m", MODULE, *sys.argv[1:]], env)
 
 
 # ---------------------------------------------------------------- the report
@@ -145,12 +144,7 @@ def step(report: Report, deadline: Deadline, name: str, need_s: float, run: Call
 def environment(provider: str) -> dict[str, Any]:
     import onnxruntime as ort
 
-    facts: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "cores": os.cpu_count(),
-        "onnxruntime": ort.__version__,
+    facts: dict[str, Any] = machine_info() | {
         "onnxruntime_file": ort.__file__,
         "providers_available": ort.get_available_providers(),
         "provider_wanted": provider,
@@ -198,9 +192,11 @@ def make_cifar(work: Path) -> dict[str, Path]:
     procs = []
     for name, m in (("cifar", 3), ("cifar-m1", 1)):
         repo = work / name
-        command = [PY, str(ROOT / "benchmarks" / "make_cifar_model.py"), "--out", str(repo)]
+        command = [PY, "-m", "benchmarks.make_cifar_model", "--out", str(repo)]
         command += ["--ensemble-size", str(m), "--name", name]
-        procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        )
         made[name] = repo
     for p in procs:
         out, _ = p.communicate(timeout=300)
@@ -347,16 +343,8 @@ def tensorrt_refused(work: Path) -> dict[str, Any]:
 
 
 def timed_runs(run: Callable[[], Any], seconds: float) -> float:
-    """Median seconds per call over `seconds`, after warm-up calls."""
-    for _ in range(3):
-        run()
-    times = []
-    until = time.perf_counter() + seconds
-    while time.perf_counter() < until or len(times) < 5:
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    """Median seconds per call over `seconds` (at least 5 calls), after 3 warm-up calls."""
+    return time_calls(run, seconds, warmup=3, min_calls=5).median_s
 
 
 def random_input(session: Any, batch: int) -> np.ndarray:
@@ -369,9 +357,7 @@ def raw_throughput(
     path: Path, provider: str, seconds: float, threads: int, batches: tuple[int, ...]
 ) -> dict[str, Any]:
     """The service's own session (service/runtime.py) fed in-memory tensors, no HTTP."""
-    from service.runtime import create_session
-
-    session = create_session(str(path), provider, threads)
+    session = service_session(path, threads, provider)
     rows = {}
     for batch in batches:
         x = random_input(session, batch)

@@ -14,7 +14,7 @@ the GPU. New runs start while the budget lasts; at its end the runs still going 
 and left out. Into --out (at most 8 files): records.json (every finished point's record),
 summary.md (a table of them), log.txt. Back here:
 
-    python benchmarks/gpu/grid.py --import <files_at>/records.json   # -> docs/results/grid12/
+    python -m benchmarks.gpu.grid --import <files_at>/records.json   # -> docs/results/grid12/
 
 `--tiny` runs the same pipeline at toy size on any machine (the test does, on the CPU).
 """
@@ -34,11 +34,11 @@ from concurrent.futures.thread import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from training.experiments.grid import GridPoint
+from training.experiments.records import RECORDS
+from training.files import write_atomic
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from training.experiments.grid import GridPoint  # noqa: E402
-from training.experiments.records import RECORDS  # noqa: E402
-from training.files import write_atomic  # noqa: E402
 
 RECORDS_12 = RECORDS / "grid12"
 TINY = ("--max-steps", "3", "--val-size", "50", "--batch-size", "32")

@@ -3,7 +3,7 @@
 The lent GPU machine (docs/benchmarks.md, "On a GPU") has no network, and one call to it
 carries at most 64 MiB of files, while onnxruntime-gpu's wheel alone is 255 MB. So, here:
 
-    python benchmarks/gpu/payload.py pack --out .gpu          # -> .gpu/part1 ... .gpu/partN
+    python -m benchmarks.gpu.payload pack --out .gpu          # -> .gpu/part1 ... .gpu/partN
 
 downloads the pinned wheels of benchmarks/gpu/requirements.txt, unpacks the large ones (their
 zip deflate leaves CUDA's kernels 20 % smaller than xz does), puts everything with the extra
@@ -11,9 +11,9 @@ files (`--extra`: the load generator, test digits) into one xz-compressed tar, a
 parts that each fit one call. Then, on the machine, one call per part, back to back (the
 machine keeps /tmp only while it stays warm):
 
-    python3 benchmarks/gpu/payload.py receive .gpu/part1 --stage /tmp/mimo-gpu
+    python3 -m benchmarks.gpu.payload receive .gpu/part1 --stage /tmp/mimo-gpu
     ...
-    python3 benchmarks/gpu/payload.py install .gpu/partN --stage /tmp/mimo-gpu \
+    python3 -m benchmarks.gpu.payload install .gpu/partN --stage /tmp/mimo-gpu \
         --target /tmp/mimo-gpu/site
 
 `receive` copies a part and checks its sha256; `install` receives the last part, checks the

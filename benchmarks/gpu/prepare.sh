@@ -20,4 +20,4 @@ from training.data import load_dataset
 test = load_dataset("mnist", "test", Path(sys.argv[1]))
 np.savez(sys.argv[2], images=test.images[:100, 0], labels=test.labels[:100])
 PY
-"$python" benchmarks/gpu/payload.py pack --out .gpu --extra "$extra/hey" "$extra/digits.npz"
+"$python" -m benchmarks.gpu.payload pack --out .gpu --extra "$extra/hey" "$extra/digits.npz"

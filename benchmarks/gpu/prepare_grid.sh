@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 python=${PYTHON:-.venv/bin/python}
 mnist=${MNIST_DIR:-../shared/data/mnist}
-"$python" benchmarks/gpu/payload.py pack --out .gpu-grid \
+"$python" -m benchmarks.gpu.payload pack --out .gpu-grid \
   --requirements benchmarks/gpu/grid-requirements.txt \
   --extra "$mnist"/train-images-idx3-ubyte.gz "$mnist"/train-labels-idx1-ubyte.gz \
   "$mnist"/t10k-images-idx3-ubyte.gz "$mnist"/t10k-labels-idx1-ubyte.gz

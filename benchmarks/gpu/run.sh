@@ -19,23 +19,23 @@ case "$what" in
 esac
 case "$what" in
   receive)
-    python3 benchmarks/gpu/payload.py receive "${parts[@]}" --stage "$stage"
+    python3 -m benchmarks.gpu.payload receive "${parts[@]}" --stage "$stage"
     nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader || true
     ;;
   bench)
-    python3 benchmarks/gpu/payload.py install "${parts[@]}" --stage "$stage" --target "$stage/site"
+    python3 -m benchmarks.gpu.payload install "${parts[@]}" --stage "$stage" --target "$stage/site"
     export PYTHONPATH="$stage/site" PATH="$stage/files:$PATH" PYTHONUNBUFFERED=1
-    exec python3 benchmarks/gpu/bench_gpu.py --out "${OUT:-gpu-results}" \
+    exec python3 -m benchmarks.gpu.bench_gpu --out "${OUT:-gpu-results}" \
       --digits "$stage/files/digits.npz" "$@"
     ;;
   grid-receive)
-    python3 benchmarks/gpu/payload.py receive "${parts[@]}" --stage "$stage"
+    python3 -m benchmarks.gpu.payload receive "${parts[@]}" --stage "$stage"
     ;;
   grid)
-    python3 benchmarks/gpu/payload.py install "${parts[@]}" --stage "$stage" --target "$stage/site"
+    python3 -m benchmarks.gpu.payload install "${parts[@]}" --stage "$stage" --target "$stage/site"
     export PYTHONPATH="$stage/site" PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
-    exec python3 benchmarks/gpu/grid.py --data-dir "$stage/files" --out "${OUT:-grid-results}" "$@"
+    exec python3 -m benchmarks.gpu.grid --data-dir "$stage/files" --out "${OUT:-grid-results}" "$@"
     ;;
   *) echo "run.sh: say receive, bench, grid-receive or grid, not $what" >&2; exit 2 ;;
 esac

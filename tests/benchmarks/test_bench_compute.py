@@ -4,40 +4,28 @@ they are checked against a hand count of the small CNN."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-from support import ROOT
 
-
-def test_tiny_run_writes_the_promised_json(tmp_path: Path) -> None:
-    out = tmp_path / "compute.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench_compute.py"),
-            "--networks=mnist-cnn",
-            "--members",
-            "1",
-            "2",
-            "--batches=1",
-            "--threads=1",
-            "--repeats=1",
-            "--warmup=1",
-            "--sample-s=0.01",
-            "--peak-size=128",
-            f"--out={out}",
-        ],
-        capture_output=True,
-        text=True,
+def test_tiny_run_writes_the_promised_json(scripts, tmp_path: Path) -> None:
+    ran = scripts.run(
+        "bench_compute",
+        "--networks=mnist-cnn",
+        "--members",
+        "1",
+        "2",
+        "--batches=1",
+        "--threads=1",
+        "--repeats=1",
+        "--warmup=1",
+        "--sample-s=0.01",
+        "--peak-size=128",
+        out=tmp_path / "compute.json",
         timeout=60,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "| mnist-cnn | 1 | 1 | MIMO M=2 |" in done.stdout
-    assert "| mnist-cnn | 1 | 1 | ensemble 2xM=1 |" in done.stdout
-    result = json.loads(out.read_text())
+    assert "| mnist-cnn | 1 | 1 | MIMO M=2 |" in ran.stdout
+    assert "| mnist-cnn | 1 | 1 | ensemble 2xM=1 |" in ran.stdout
+    result = ran.result
 
     assert {"machine", "settings", "peak_sgemm", "networks", "rows", "targets"} <= set(result)
     assert result["machine"]["cores"] >= 1

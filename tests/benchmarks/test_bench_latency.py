@@ -3,38 +3,25 @@ compares, times one request at a time and prints the table (it asserts no timing
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-from support import ROOT
 
-
-def test_runs_on_a_tiny_setting(model_repository: Path, tmp_path: Path) -> None:
-    out = tmp_path / "latency.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench_latency.py"),
-            f"--model={model_repository / 'digits' / '1' / 'model.onnx'}",
-            "--servers",
-            "trivial",
-            "mimo",
-            "--rounds=2",
-            "--requests=15",
-            "--pause=0",
-            "--threads=1",
-            f"--out={out}",
-        ],
-        capture_output=True,
-        text=True,
+def test_runs_on_a_tiny_setting(scripts, model_repository: Path, tmp_path: Path) -> None:
+    ran = scripts.run(
+        "bench_latency",
+        f"--model={model_repository / 'digits' / '1' / 'model.onnx'}",
+        "--servers",
+        "trivial",
+        "mimo",
+        "--rounds=2",
+        "--requests=15",
+        "--pause=0",
+        "--threads=1",
+        out=tmp_path / "latency.json",
         timeout=240,
-        cwd=ROOT,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "| mimo |" in done.stdout and "p50 x trivial" in done.stdout
-    rows = json.loads(out.read_text())["rows"]
+    assert "| mimo |" in ran.stdout and "p50 x trivial" in ran.stdout
+    rows = ran.result["rows"]
     assert [r["server"] for r in rows] == ["trivial", "mimo"]
     assert all(r["requests"] == 30 and 0 < r["p50_us"] <= r["p99_us"] for r in rows)
     trivial = rows[0]

@@ -6,6 +6,7 @@ server behind)."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import importlib.util
 import json
@@ -21,6 +22,8 @@ from pathlib import Path
 import pytest
 from support import ROOT
 
+# payload.py imports nothing of the package (it runs on the GPU machine before anything is
+# installed): loaded from its file, as pytest's path cannot import `benchmarks`.
 spec = importlib.util.spec_from_file_location("payload", ROOT / "benchmarks/gpu/payload.py")
 payload = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(payload)  # type: ignore[union-attr]
@@ -61,31 +64,20 @@ def wheels(tmp_path: Path) -> Path:
     return folder
 
 
-def pack(wheels: Path, tmp_path: Path) -> Path:
+def pack(scripts, wheels: Path, tmp_path: Path) -> Path:
     extra = tmp_path / "tool.sh"
     extra.write_text("#!/bin/sh\necho tool\n")
     extra.chmod(0o755)
     out = tmp_path / "parts"
-    script = ROOT / "benchmarks/gpu/payload.py"
     sizes = ["--part-bytes", "8000", "--unpack-above", "2000"]
     where = ["--out", str(out), "--wheels", str(wheels), "--extra", str(extra)]
-    done = subprocess.run(
-        [sys.executable, str(script), "pack", *where, *sizes],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "part(s) in" in done.stdout
+    assert "part(s) in" in scripts.run("gpu.payload", "pack", *where, *sizes).stdout
     return out
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    script = ROOT / "benchmarks/gpu/payload.py"
-    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
-
-
-def test_parts_travel_one_call_each_and_install(wheels: Path, tmp_path: Path) -> None:
-    parts = sorted(pack(wheels, tmp_path).iterdir())
+def test_parts_travel_one_call_each_and_install(scripts, wheels: Path, tmp_path: Path) -> None:
+    run = functools.partial(scripts.run, "gpu.payload", check=False)
+    parts = sorted(pack(scripts, wheels, tmp_path).iterdir())
     assert len(parts) >= 3
     sizes = [p.stat().st_size for part in parts for p in part.glob("payload.*")]
     assert max(sizes) <= 8000 and max(sizes) - min(sizes) < len(sizes)  # about one size each
@@ -114,13 +106,14 @@ def test_parts_travel_one_call_each_and_install(wheels: Path, tmp_path: Path) ->
     assert run("install", "--stage", str(stage), "--target", str(target)).returncode == 0
 
 
-def test_a_corrupted_part_is_refused(wheels: Path, tmp_path: Path) -> None:
-    parts = sorted(pack(wheels, tmp_path).iterdir())
+def test_a_corrupted_part_is_refused(scripts, wheels: Path, tmp_path: Path) -> None:
+    parts = sorted(pack(scripts, wheels, tmp_path).iterdir())
     chunk = next(parts[1].glob("payload.*"))
     data = bytearray(chunk.read_bytes())
     data[100] ^= 0xFF
     chunk.write_bytes(bytes(data))
-    refused = run("receive", str(parts[1]), "--stage", str(tmp_path / "stage"))
+    stage = str(tmp_path / "stage")
+    refused = scripts.run("gpu.payload", "receive", str(parts[1]), "--stage", stage, check=False)
     assert refused.returncode == 1
     assert "sha256 differs from the manifest's (corrupted)" in refused.stderr
 
@@ -139,17 +132,15 @@ def test_a_file_that_differs_from_the_wheels_record_is_refused(
 needs_hey = pytest.mark.skipif(shutil.which("hey") is None, reason="needs hey (Debian hey)")
 
 
-def bench(out: Path, *extra: str) -> list[str]:
-    script = ROOT / "benchmarks/gpu/bench_gpu.py"
-    return [sys.executable, str(script), "--out", str(out), "--provider", "cpu", "--tiny", *extra]
+def bench(out: Path) -> list[str]:
+    return ["--out", str(out), "--provider", "cpu", "--tiny"]
 
 
 @pytest.mark.slow
 @needs_hey
-def test_the_measurement_runs_on_the_cpu(tmp_path: Path) -> None:
+def test_the_measurement_runs_on_the_cpu(scripts, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    done = subprocess.run(bench(out), capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    scripts.run("gpu.bench_gpu", *bench(out), timeout=300)
     result = json.loads((out / "gpu.json").read_text())
     assert not result.get("errors") and not result.get("skipped")
     assert set(result["raw"]) == {"mnist@cpu", "cifar@cpu"}
@@ -166,9 +157,10 @@ def test_the_measurement_runs_on_the_cpu(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @needs_hey
-def test_stopped_half_way_it_leaves_its_results_and_no_server(tmp_path: Path) -> None:
+def test_stopped_half_way_it_leaves_its_results_and_no_server(scripts, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    process = subprocess.Popen(bench(out), cwd=ROOT, stdout=subprocess.DEVNULL)
+    command = scripts.command("gpu.bench_gpu", *bench(out))
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         log = out / "log.txt"

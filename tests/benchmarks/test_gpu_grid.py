@@ -7,13 +7,10 @@ from __future__ import annotations
 import gzip
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from support import ROOT
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -40,11 +37,9 @@ def tiny_mnist(root: Path) -> Path:
     return root
 
 
-def test_grid_at_toy_size(tmp_path: Path) -> None:
+def test_grid_at_toy_size(scripts, tmp_path: Path) -> None:
     out, records = tmp_path / "out", tmp_path / "records"
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks/gpu/grid.py"),
+    args = [
         "--tiny",
         "--data-dir", str(tiny_mnist(tmp_path / "mnist")),
         "--out", str(out),
@@ -56,8 +51,7 @@ def test_grid_at_toy_size(tmp_path: Path) -> None:
         "--jobs", "2",
         "--budget-s", "600",
     ]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
+    scripts.run("gpu.grid", *args, timeout=900)
     assert sorted(p.name for p in out.iterdir()) == ["log.txt", "records.json", "summary.md"]
     found = json.loads((out / "records.json").read_text())
     expected = {
@@ -77,28 +71,21 @@ def test_grid_at_toy_size(tmp_path: Path) -> None:
 
     # Back home: one file per record, as docs/results/grid/ keeps them.
     into = tmp_path / "grid12"
-    script = str(ROOT / "benchmarks/gpu/grid.py")
-    subprocess.run(
-        [sys.executable, script, "--import", str(out / "records.json"), "--records", str(into)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
+    scripts.run("gpu.grid", "--import", str(out / "records.json"), "--records", str(into))
     assert {p.stem for p in into.glob("*.json")} == expected
 
 
-def test_budget_stops_runs_and_keeps_what_finished(tmp_path: Path) -> None:
+def test_budget_stops_runs_and_keeps_what_finished(scripts, tmp_path: Path) -> None:
     """A budget too short for anything: the runs started are stopped, none recorded, and the
     output says so."""
     out = tmp_path / "out"
-    command = [
-        sys.executable, str(ROOT / "benchmarks/gpu/grid.py"), "--tiny",
+    args = [
+        "--tiny",
         "--data-dir", str(tiny_mnist(tmp_path / "mnist")), "--out", str(out),
         "--runs", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
         "--widths", "0.25", "--seeds", "0", "--epochs", "1", "--jobs", "2", "--budget-s", "1",
     ]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    scripts.run("gpu.grid", *args, timeout=300)
     summary = (out / "summary.md").read_text()
     assert "budget over: stopped" in summary and "not started" in summary
     assert json.loads((out / "records.json").read_text()) == {}
