@@ -12,8 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 
 from service import oip
-from service.api import health, models, predict, ui, v2
-from service.api.openapi import without_422
+from service.api import health, models, openapi, predict, ui, v2
 from service.errors import BadRequest, ServiceError, error_answer, error_json
 from service.fastpath import FastLane
 from service.middleware import Guard
@@ -88,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in (predict.router, models.router, v2.router, health.router, ui.router):
         app.include_router(router)
-    without_422(app)  # request validation errors answer 400 (`invalid` above)
+    openapi.finish(app, settings.max_images_per_request)  # no 422: see `invalid` above
     # Innermost first: /predict's common request leaves here (service/fastpath.py), inside
     # the body limits, the metrics and CORS, which every request passes.
     app.add_middleware(FastLane)

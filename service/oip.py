@@ -17,7 +17,8 @@ import numpy as np
 
 from service.errors import BadRequest, quoted
 
-HEADER = "inference-header-content-length"
+HEADER_NAME = "Inference-Header-Content-Length"
+HEADER = HEADER_NAME.lower()  # as ASGI servers pass header names
 DIGITS = re.compile(r"[0-9]{1,18}")  # a byte count: ASCII digits, short enough for int()
 MAX_DIMENSIONS = 32  # numpy allows 64; no model here takes more than 4
 DTYPES: dict[str, np.dtype] = {

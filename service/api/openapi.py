@@ -11,9 +11,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from service import oip
 from service.oip import DTYPES
 from service.oip_model import INPUT_DATATYPES
 from service.parameters import DEFAULTS, MODES
+from service.registry import NAME_PATTERN
 from service.schemas import ErrorResponse
 
 TEXT = {
@@ -135,7 +137,7 @@ INFER_RESPONSE = {
         },
     },
 }
-_HEADER_LENGTH = "Inference-Header-Content-Length"
+_HEADER_LENGTH = oip.HEADER_NAME
 _BINARY = {
     "schema": {"type": "string", "format": "binary"},
 }
@@ -147,16 +149,23 @@ INFER = {
             "required": False,
             "description": "binary tensor extension: the body is this many bytes of JSON "
             "request, then the raw little-endian bytes of each input with binary_data_size",
-            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            "schema": {"type": "string", "pattern": f"^{oip.DIGITS.pattern}$"},
         }
     ],
     "requestBody": {
         "required": True,
+        "description": "An inference request. The tensor must also fit the model (GET "
+        "/v2/models/{name}: one input `images` of that shape and an input datatype); one that "
+        "does not is refused with 400, which no schema can say for every model at once.",
         "content": {
             "application/json": {"schema": INFER_REQUEST},
             "application/octet-stream": {
-                **_BINARY,
-                "description": f"JSON request and binary tensors, split by {_HEADER_LENGTH}",
+                "schema": {
+                    **_BINARY["schema"],
+                    "description": f"the binary tensor extension: {_HEADER_LENGTH} bytes of "
+                    "JSON request (as application/json, each input with "
+                    "parameters.binary_data_size and no data), then those inputs' bytes in order",
+                }
             },
         },
     },
@@ -173,8 +182,9 @@ INFER = {
 }
 
 
-def without_422(app: FastAPI) -> None:
-    """Serve the app's schema without FastAPI's automatic 422 (this service answers 400)."""
+def finish(app: FastAPI, max_images: int) -> None:
+    """Serve the app's schema without FastAPI's automatic 422 (this service answers 400), and
+    with this server's limit on the images of one /predict request (MIMO_MAX_IMAGES_PER_REQUEST)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -186,6 +196,14 @@ def without_422(app: FastAPI) -> None:
             models = schema.get("components", {}).get("schemas", {})
             for name in ("HTTPValidationError", "ValidationError"):
                 models.pop(name, None)
+            body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+            body["multipart/form-data"]["schema"]["properties"]["file"]["maxItems"] = max_images
+            for url, path in schema.get("paths", {}).items():
+                if url.startswith("/v2/repository/models/{name}/"):  # names the registry loads
+                    for operation in path.values():
+                        for parameter in operation.get("parameters", []):
+                            if parameter["name"] == "name":
+                                parameter["schema"]["pattern"] = f"^{NAME_PATTERN.pattern}$"
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

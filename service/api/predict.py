@@ -32,7 +32,9 @@ REQUEST_BODY = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"file": {"type": "array", "items": _binary["schema"]}},
+                    "properties": {
+                        "file": {"type": "array", "items": _binary["schema"], "minItems": 1}
+                    },
                     "required": ["file"],
                 }
             },

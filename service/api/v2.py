@@ -117,7 +117,7 @@ async def _infer(
     return Response(
         body,
         media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(header_length)},
+        headers={oip.HEADER_NAME: str(header_length)},
     )
 
 
