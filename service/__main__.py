@@ -15,6 +15,7 @@ from uvicorn.supervisors import Multiprocess
 
 from service import listen
 from service.cores import create_board
+from service.layout import Layout
 from service.protocol import OneWriteProtocol
 from service.settings import LOG_FORMAT, Settings
 
@@ -31,10 +32,11 @@ def main() -> None:
         print(f"mimo-serve: invalid settings: {problems}", file=sys.stderr)
         sys.exit(2)
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
-    workers, threads = settings.process_layout()
+    # One board of busy workers when there are several (below): their lone images use it.
+    layout = Layout.of(settings, board=True)
     # The workers read their settings from the environment: they see the layout chosen here.
-    os.environ["MIMO_WORKERS"], os.environ["MIMO_THREADS"] = str(workers), str(threads)
-    settings = Settings()
+    os.environ.update(layout.environ())
+    settings = settings.model_copy(update={"workers": layout.workers, "threads": layout.threads})
     sock = None
     scratch: Path | None = None  # the default metrics folder, removed when the server ends
     if settings.workers > 1 and listen.SUPPORTED:
@@ -63,9 +65,9 @@ def main() -> None:
         os.environ["MIMO_CORES_BOARD"] = str(board)
     logging.getLogger("mimo.service").info(
         "%d worker process(es), %d ONNX Runtime thread(s) each (%d for a lone image)",
-        workers,
-        threads,
-        Settings().lone_layout() or threads,  # as the workers will read it, board included
+        layout.workers,
+        layout.threads,
+        layout.lone_threads or layout.threads,
     )
     options = dict(
         factory=True,

@@ -57,7 +57,7 @@ def prediction(
             for j, q, kl in zip(tops[i], probs[i], kls[i], strict=True)
         ]
     if member_probabilities:
-        answer["member_probabilities"] = batch.u.member_probabilities[i].tolist()
+        answer["member_probabilities"] = batch.uncertainty.member_probabilities[i].tolist()
     return answer
 
 
@@ -76,7 +76,7 @@ def predict_answer(
             for row, name in zip(rows, filenames, strict=True)
         ],
     }
-    return orjson.dumps(body)  # ~20x json.dumps on this answer: 1 us against 23 us
+    return orjson.dumps(body)  # (the answer is built per request: the fastest encoder)
 
 
 # output `head` of an image the mean of all M heads answered (ensemble mode)
@@ -85,7 +85,7 @@ ENSEMBLE_HEAD = -1
 
 def _column(batch: Answers, name: str) -> np.ndarray:
     if name == "probabilities":  # the ensemble mean, or the answering head's (packed)
-        return batch.p
+        return batch.answered
     if isinstance(batch, Packed):
         if name == "head":
             return batch.heads
@@ -94,7 +94,7 @@ def _column(batch: Answers, name: str) -> np.ndarray:
             return batch.uncertain
         if name == "head":  # every head answers an ensemble row
             return np.full(len(batch), ENSEMBLE_HEAD, np.int32)
-        return getattr(batch.u, name)
+        return getattr(batch.uncertainty, name)
     raise ValueError(f"a {type(batch).__name__} batch has no output {name!r}")
 
 

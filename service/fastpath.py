@@ -7,17 +7,24 @@ parameter, another content type) goes on to the route, which words the validatio
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
+from fastapi import FastAPI
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.predict import Upload, serve
 from service.deps import authorize, state_of
-from service.errors import ServiceError
+from service.errors import ServiceError, error_answer
 from service.middleware import send_error, send_json
 from service.parameters import DEFAULTS, PredictParameters
 from service.preprocess import is_raw_image
+
+log = logging.getLogger("mimo.service")
 
 
 def plain_parameters(query: bytes) -> PredictParameters | None:
@@ -52,29 +59,36 @@ def fast_request(scope: Scope) -> tuple[PredictParameters, str] | None:
     return None if params is None else (params, content_type)
 
 
-class FastLane:
-    """The innermost of the app's middleware: the requests `fast_request` accepts leave
-    FastAPI's stack here for `fast_predict`; every other one goes on to the routes.
-    Middleware added to the app after create_app (an OpenTelemetry instrumentation, say) sits
-    inside this one and does not see those requests: wrap the whole app instead."""
+class Service(FastAPI):
+    """The FastAPI application behind this service's own middleware (`wrap`), which every
+    request passes once; from there the requests `fast_request` accepts go to `fast_predict`,
+    past FastAPI's own layers (its telemetry check, body limit, error middleware, routing,
+    dependency injection), the others to the routes. Middleware added with `add_middleware`
+    (an OpenTelemetry instrumentation, say) does not see the fast requests: wrap the whole app
+    instead."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    front: ASGIApp | None = None
+
+    def wrap(self, layer: Callable[..., ASGIApp], **options: Any) -> None:
+        """Put `layer` around everything so far (the first wrapped is the innermost)."""
+        self.front = layer(self.front or self._dispatch, **options)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await (self.front or self._dispatch)(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = fast_request(scope)
         if found is None:
-            await self.app(scope, receive, send)
+            await super().__call__(scope, receive, send)
         else:
+            scope["app"] = self
             await fast_predict(scope, *found, receive, send)
 
 
 async def fast_predict(
     scope: Scope, params: PredictParameters, content_type: str, receive: Receive, send: Send
 ) -> None:
-    """Serve a request `fast_request` accepted. Errors of ours (ServiceError) are answered here,
-    as the app's handler would; the body limit's and anything unexpected go up the stack to
-    Guard and to the app's 500 handler."""
+    """Serve a request `fast_request` accepted; errors answered as the app's handlers do."""
     state = state_of(scope)
 
     async def read(limit: int) -> list[Upload]:
@@ -89,8 +103,13 @@ async def fast_predict(
     try:
         authorize(state.settings, scope)
         body = await serve(state, params, read)
-    except ServiceError as exc:
-        extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-        await send_error(send, exc.status_code, exc.message, extra)
+    except ClientDisconnect:
+        raise  # nobody to answer (Guard counts it)
+    except Exception as exc:
+        if not isinstance(exc, ServiceError):
+            log.exception("POST /predict failed")
+        status, message, headers = error_answer(exc)
+        extra = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        await send_error(send, status, message, extra)
         return
     await send_json(send, 200, body)

@@ -14,7 +14,8 @@ from starlette.exceptions import HTTPException
 from service import oip
 from service.api import health, models, openapi, predict, ui, v2
 from service.errors import BadRequest, ServiceError, error_answer, error_json
-from service.fastpath import FastLane
+from service.fastpath import Service
+from service.layout import Layout
 from service.middleware import Guard
 from service.oip_grpc import server as oip_grpc
 from service.pool import BatcherPool
@@ -28,8 +29,9 @@ log = logging.getLogger("mimo.service")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    # Each worker process builds its app here: without this its own log lines were lost
-    # (the supervisor configured logging only for itself). A no-op where logging is set up.
+    layout = Layout.of(settings)  # as `python -m service` chose it for this worker
+    # Each worker process builds its app here and needs its own logging set up (the
+    # supervisor's is only its own). A no-op where logging is set up.
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
 
     @asynccontextmanager
@@ -40,13 +42,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.providers,
             settings.threads,
             settings.max_batch_size,
-            settings.lone_layout(),
+            layout.lone_threads,
             settings.fixed_sizes(),
         )
         report = registry.load_all()
         log.info("serving %s; refused %s", report.loaded, list(report.failed) or "none")
         app.state.registry = registry
-        app.state.pool = BatcherPool(registry, settings)
+        app.state.pool = BatcherPool(registry, settings, layout.core_per_worker)
         grpc_server = await oip_grpc.start(app.state, settings)
         app.state.ready = True  # warmed up; /v2/health/ready also needs a model to serve
         try:
@@ -58,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await grpc_server.stop(grace=settings.shutdown_grace_s)
             await app.state.pool.close()  # answers everything still queued
 
-    app = FastAPI(
+    app = Service(
         title="mimo-serve",
         version=VERSION,
         description="Uncertainty-aware image classification: MIMO ensembles on ONNX Runtime, "
@@ -88,14 +90,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (predict.router, models.router, v2.router, health.router, ui.router):
         app.include_router(router)
     openapi.finish(app, settings.max_images_per_request)  # no 422: see `invalid` above
-    # Innermost first: /predict's common request leaves here (service/fastpath.py), inside
-    # the body limits, the metrics and CORS, which every request passes.
-    app.add_middleware(FastLane)
-    app.add_middleware(
-        Guard, max_bytes=settings.max_body_bytes, max_seconds=settings.request_timeout_s
-    )
+    # This service's own layers, once around everything (service/fastpath.py), innermost first.
+    app.wrap(Guard, max_bytes=settings.max_body_bytes, max_seconds=settings.request_timeout_s)
     if settings.cors_origins:  # outermost: a preflight is answered before any other work
-        app.add_middleware(
+        app.wrap(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],

@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
-import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -152,31 +151,6 @@ def child(metric: _Metric, *labels: str) -> _Metric:
     ~2 us, and the hot path asks for the same few series on every request. Safe because no
     series is ever removed, and the label values are few (low cardinality)."""
     return metric.labels(*labels)
-
-
-def observe_many(histogram: Histogram, values: np.ndarray | list[float]) -> None:
-    """`histogram.observe(v)` for every v (a labelled child). From a few values on, as one
-    increment of the sum and one per bucket that gets any: 16 values cost 15 instead of 43 us
-    in multiprocess mode (each increment takes a lock and writes a file), 1 value 13 instead
-    of 3, hence the plain loop below 6. It reaches into the child's bucket values
-    (prometheus-client's own layout); tests/service/test_metrics.py checks the exposition
-    against observe()'s."""
-    observed = np.asarray(values, dtype=np.float64).ravel()
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    total = getattr(histogram, "_sum", None)
-    if len(observed) < 6 or bounds is None or buckets is None or total is None:
-        # (a prometheus-client whose layout differs gets the public path, never an error:
-        # the batcher's loop calls this)
-        for value in observed.tolist():
-            histogram.observe(value)
-        return
-    histogram._raise_if_not_observable()
-    # observe() counts v in the first bucket whose bound is >= v (a NaN in none, as here)
-    counts = np.bincount(np.searchsorted(bounds, observed, side="left"), minlength=len(bounds) + 1)
-    total.inc(float(observed.sum()))
-    for i in np.flatnonzero(counts[: len(bounds)]).tolist():
-        buckets[i].inc(int(counts[i]))
 
 
 LIVE_GAUGE_FILE = re.compile(r"^gauge_live(?:sum|all)_(\d+)\.db$")

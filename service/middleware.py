@@ -9,7 +9,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
-from service.errors import error_json
+from service.errors import PayloadTooLarge, ServiceError, error_json
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -34,11 +34,27 @@ async def send_error(send: Send, status: int, message: str, headers: Headers | N
     await send_json(send, status, error_json(message), headers)
 
 
+class BodyTooLarge(PayloadTooLarge):
+    """The body went over the limit while it arrived (raised from LimitedBody's `receive`, so
+    whoever reads the body answers it like any error of ours)."""
+
+
+class BodyTooSlow(ServiceError):
+    status_code = 408
+
+
+class ClientGone(ClientDisconnect):
+    """The client closed the connection before its body was all sent: nobody to answer."""
+
+    status_code = 499  # nginx's "client closed request", in the request counters
+
+
 class LimitedBody:
     """A request's `receive` with the body limits: over `max_bytes`, announced (Content-Length)
-    or streamed (chunked), raises _TooLarge; still arriving `max_seconds` after the request (a
-    slow or stalled client, who would otherwise hold a connection and its buffers for as long
-    as it likes), _TooSlow; a client that leaves before its body is all sent, ClientGone."""
+    or streamed (chunked), is BodyTooLarge (413); still arriving `max_seconds` after the
+    request (a slow or stalled client, who would otherwise hold a connection and its buffers
+    for as long as it likes), BodyTooSlow (408); a client that leaves before its body is all
+    sent, ClientGone."""
 
     __slots__ = ("complete", "deadline", "max_bytes", "max_seconds", "receive", "seen")
 
@@ -50,9 +66,17 @@ class LimitedBody:
         self.seen = 0
         self.complete = False  # the whole body has arrived
 
-    def declared_too_large(self, scope: Scope) -> bool:
+    def too_large(self, size: int | str) -> BodyTooLarge:
+        return BodyTooLarge(
+            f"request body of {size} bytes is over the limit of {self.max_bytes} bytes "
+            "(MIMO_MAX_BODY_BYTES): send smaller or fewer images"
+        )
+
+    def declared_too_large(self, scope: Scope) -> BodyTooLarge | None:
         declared = dict(scope["headers"]).get(b"content-length")
-        return declared is not None and declared.isdigit() and int(declared) > self.max_bytes
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return self.too_large(int(declared))
+        return None
 
     async def __call__(self) -> Message:
         if self.complete or self.deadline is None:
@@ -62,35 +86,20 @@ class LimitedBody:
                 async with asyncio.timeout(self.deadline - time.monotonic()):
                     message = await self.receive()
             except TimeoutError:
-                raise _TooSlow from None
+                raise BodyTooSlow(
+                    f"request body not complete {self.max_seconds:g} s after the request "
+                    f"(MIMO_REQUEST_TIMEOUT_S; {self.seen} bytes came): send the body at once",
+                    # The rest of the body is never read: the connection ends with the answer.
+                    {"Connection": "close"},
+                ) from None
         if message["type"] == "http.request":
             self.seen += len(message.get("body", b""))
             self.complete = not message.get("more_body", False)
             if self.seen > self.max_bytes:
-                raise _TooLarge
+                raise self.too_large(f"more than {self.max_bytes}")
         elif message["type"] == "http.disconnect" and not self.complete:
             raise ClientGone
         return message
-
-    def refusal(self, exc: BodyLimitError | None, scope: Scope) -> tuple[int, str, Headers]:
-        """The answer to a body over the limit (`exc` None: announced so) or too slow."""
-        if isinstance(exc, _TooSlow):
-            message = (
-                f"request body not complete {self.max_seconds:g} s after the request "
-                f"(MIMO_REQUEST_TIMEOUT_S; {self.seen} bytes came): send the body at once"
-            )
-            # The rest of the body is never read: the connection ends with the answer.
-            return 408, message, [(b"connection", b"close")]
-        size = (
-            dict(scope["headers"])[b"content-length"].decode()
-            if exc is None
-            else f"more than {self.max_bytes}"
-        )
-        message = (
-            f"request body of {size} bytes is over the limit of {self.max_bytes} bytes "
-            "(MIMO_MAX_BODY_BYTES): send smaller or fewer images"
-        )
-        return 413, message, []
 
 
 class Guard:
@@ -116,36 +125,14 @@ class Guard:
 
         body = LimitedBody(receive, self.max_bytes, self.max_seconds)
         try:
-            if body.declared_too_large(scope):
-                await send_error(recording_send, *body.refusal(None, scope))
+            if (refused := body.declared_too_large(scope)) is not None:
+                await send_error(recording_send, refused.status_code, refused.message)
                 return
-            try:
-                await self.app(scope, body, recording_send)
-            except BodyLimitError as exc:
-                if not record.status:
-                    await send_error(recording_send, *body.refusal(exc, scope))
+            await self.app(scope, body, recording_send)
         except ClientDisconnect:
             record.status = ClientGone.status_code  # no answer can reach it; not a server error
         finally:
             record.done()
-
-
-class BodyLimitError(Exception):
-    """Raised from the wrapped `receive`: Guard answers it (routes let it through)."""
-
-
-class _TooLarge(BodyLimitError):
-    status_code = 413  # what the routes' request counters record for it
-
-
-class _TooSlow(BodyLimitError):
-    status_code = 408
-
-
-class ClientGone(ClientDisconnect):
-    """The client closed the connection before its body was all sent: nobody to answer."""
-
-    status_code = 499  # nginx's "client closed request", in the request counters
 
 
 ENDPOINTS = ("/predict", "/models", "/metrics", "/v2/health", "/v2/repository", "/v2/models", "/v2")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from service.layout import Layout
 from service.oip_model import INPUT, PLATFORM, metadata, output_specs, parse_version
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings
@@ -54,7 +55,7 @@ def model_config(
     model: ServedModel, metadata: dict[str, Any], settings: Settings
 ) -> dict[str, Any]:
     """The configuration of `model` (`metadata`: its OIP metadata, oip_model.metadata)."""
-    workers, _ = settings.process_layout()
+    workers = Layout.of(settings).workers
     return {
         "name": model.name,
         "platform": PLATFORM,

@@ -102,7 +102,7 @@ def tensor(name: str, datatype: str, shape: list[Any], raw: bytes | None, data: 
 
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     if header_length is not None:
-        # ASCII digits only: str.isdigit() also takes "²", which int() refuses (a 500 once).
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
         if not DIGITS.fullmatch(header_length) or int(header_length) > len(body):
             raise BadRequest(
                 f"Inference-Header-Content-Length {quoted(header_length)} does not fit a body of "

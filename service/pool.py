@@ -28,10 +28,10 @@ def batch_function(
     computing (`cores`). Run on the event loop (a lone image, service/batching.py), it records
     its metrics on the loop's next turn, after the request it answers has written its answer.
     """
-    inference = metrics.INFERENCE_DURATION.labels(*model.labels)
-    infer_stage = metrics.STAGE_SECONDS.labels(*model.labels, "infer")
-    output_stage = metrics.STAGE_SECONDS.labels(*model.labels, "output")
-    last = metrics.LAST_INFERENCE.labels(*model.labels)
+    inference = metrics.INFERENCE_DURATION.labels(*model.series)
+    infer_stage = metrics.STAGE_SECONDS.labels(*model.series, "infer")
+    output_stage = metrics.STAGE_SECONDS.labels(*model.series, "output")
+    last = metrics.LAST_INFERENCE.labels(*model.series)
     m = model.contract.ensemble_size
     cores = cores or CoresBoard(None)
 
@@ -41,7 +41,7 @@ def batch_function(
         infer_stage.inc(seconds * len(answers))
         output_stage.inc(output_seconds * len(answers))
         last.set(time.time())
-        answers.record(model.contract.labels, model.labels)
+        answers.record(model.contract.labels, model.series)
 
     def run(images: np.ndarray) -> Answers:
         started = time.perf_counter()
@@ -66,9 +66,12 @@ def batch_function(
 
 
 class BatcherPool:
-    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+    def __init__(
+        self, registry: ModelRegistry, settings: Settings, core_per_worker: bool = False
+    ) -> None:
         self.registry = registry
         self.settings = settings
+        self.core_per_worker = core_per_worker  # (service/layout.py)
         # One inference at a time per process: ONNX Runtime already uses every core it is given.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.cores = CoresBoard(settings.cores_board)
@@ -94,16 +97,16 @@ class BatcherPool:
         self._published = served
 
     def observer_for(self, model: ServedModel) -> BatchObserver:
-        batch_size = metrics.BATCH_SIZE.labels(*model.labels)
-        queue_duration = metrics.QUEUE_DURATION.labels(*model.labels)
-        depth = metrics.QUEUE_DEPTH.labels(*model.labels)
+        batch_size = metrics.BATCH_SIZE.labels(*model.series)
+        queue_duration = metrics.QUEUE_DURATION.labels(*model.series)
+        depth = metrics.QUEUE_DEPTH.labels(*model.series)
 
         def on_queue_depth(_: int) -> None:  # the model's queues together, both modes
             depth.set(sum(len(b.queue) for (m, _), b in self._batchers.items() if m is model))
 
         return BatchObserver(
             on_batch=lambda size, seconds: batch_size.observe(size),
-            on_queue_waits=lambda waits: metrics.observe_many(queue_duration, waits),
+            on_queue_waits=lambda waits: [queue_duration.observe(w) for w in waits],
             on_queue_depth=on_queue_depth,
         )
 
@@ -120,7 +123,7 @@ class BatcherPool:
                 self.observer_for(model),
                 self.settings.inline_below_ms / 1000.0,
                 # (a GPU's pass leaves the CPU free: the loop goes on meanwhile)
-                inline_batches=model.provider == "cpu" and self.settings.core_per_worker(),
+                inline_batches=model.provider == "cpu" and self.core_per_worker,
             )
             self._batchers[model, packed] = batcher
         return batcher
@@ -142,7 +145,7 @@ class BatcherPool:
         if started is not None:
             arrived = time.monotonic() - started  # reading, decoding and checking it
             budget -= arrived
-            metrics.child(metrics.STAGE_SECONDS, *model.labels, "input").inc(arrived * len(images))
+            metrics.child(metrics.STAGE_SECONDS, *model.series, "input").inc(arrived * len(images))
         batcher = self.get(model, packed)
         rows = await batcher.submit(images, budget)
         if not batcher.queue and model not in self.registry.models():

@@ -7,7 +7,7 @@ rows.
 
 A batch of one image is scored in plain Python (`ScoredOne`, uncertainty.one_image): a lone
 image is answered on the event loop right after its forward pass, where numpy's per-call cost
-on cold caches is most of the work.
+on cold caches is most of the work (+5 % requests/s at one client, docs/benchmarks.md).
 
 Packed batches (M different images in the M slots of one row, each answered by its own
 slot's head) have one head's probabilities per image and no ensemble uncertainty: `Packed`.
@@ -18,6 +18,7 @@ Prometheus metrics, separately, so that a lone image's answer is written before 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -35,6 +36,13 @@ from service.uncertainty import (
     softmax,
 )
 
+# The uncertainty distributions recorded for every ensemble answer: (histogram, measure).
+RECORDED = (
+    (metrics.MUTUAL_INFORMATION, "mutual_information"),
+    (metrics.PREDICTIVE_ENTROPY, "predictive_entropy"),
+    (metrics.DISAGREEMENT, "disagreement"),
+)
+
 
 @dataclass(frozen=True)
 class Row:
@@ -45,16 +53,16 @@ class Row:
 
 
 class Answers:
-    """A batch's answers, row i for image i: `p` [N, K] the probabilities answered."""
+    """A batch's answers, row i for image i: `answered` [N, K] the probabilities answered."""
 
     # What every /predict answer prints, turned into Python numbers once for the batch.
     CONVERTED: tuple[str, ...] = ("probabilities", "ranking")
 
     def __init__(self, p: np.ndarray) -> None:
-        self.p = p
+        self.answered = p
 
     def __len__(self) -> int:
-        return len(self.p)
+        return len(self.answered)
 
     def __getitem__(self, index: int) -> Row:
         return Row(self, index)
@@ -64,12 +72,12 @@ class Answers:
 
     @cached_property
     def probabilities(self) -> list[list[float]]:
-        return self.p.tolist()
+        return self.answered.tolist()
 
     @cached_property
     def ranking(self) -> list[list[int]]:
         """Classes by decreasing probability (ties: lower index first)."""
-        return np.argsort(-self.p, axis=1, kind="stable").tolist()
+        return np.argsort(-self.answered, axis=1, kind="stable").tolist()
 
     def prepare(self) -> Answers:
         """Convert what the answers print (call it in the inference thread)."""
@@ -77,10 +85,10 @@ class Answers:
             getattr(self, name)
         return self
 
-    def record(self, names: tuple[str, ...], labels: tuple[str, str]) -> None:
+    def record(self, names: tuple[str, ...], series: tuple[str, str]) -> None:
         """mimo_predictions_total by predicted class (`names`: the contract's class labels)
-        under `labels` (model, version)."""
-        count_predictions(self.p, names, labels)
+        under `series` (model, version), from the Python numbers the answers print."""
+        count_predictions([row[0] for row in self.ranking], names, series)
 
 
 class Scored(Answers):
@@ -91,96 +99,73 @@ class Scored(Answers):
 
     def __init__(self, u: EnsembleUncertainty, uncertain: np.ndarray) -> None:
         super().__init__(u.probabilities)
-        self.u = u
+        self.uncertainty = u
         self.uncertain = uncertain
 
     @cached_property
     def members(self) -> tuple[list[list[int]], list[list[float]], list[list[float]]]:
         """Each head's top class, its probability and the head's KL to the mean: [N][M]."""
-        members = self.u.member_probabilities  # [N, M, K]
-        # the top class's probability is the maximum: no gather (take_along_axis: 20 us)
+        members = self.uncertainty.member_probabilities  # [N, M, K]
+        # the top class's probability is the maximum: no gather (take_along_axis costs more)
         return (
             members.argmax(axis=-1).tolist(),
             members.max(axis=-1).tolist(),
-            self.u.kl_to_mean.tolist(),
+            self.uncertainty.kl_to_mean.tolist(),
         )
 
     @cached_property
     def measures(self) -> list[dict[str, float]]:
-        columns = [getattr(self.u, name).tolist() for name in MEASURES]
+        columns = [getattr(self.uncertainty, name).tolist() for name in MEASURES]
         return [dict(zip(MEASURES, values, strict=True)) for values in zip(*columns, strict=True)]
 
     @cached_property
     def flags(self) -> list[bool]:
         return self.uncertain.tolist()
 
-    def record(self, names: tuple[str, ...], labels: tuple[str, str]) -> None:
+    def record(self, names: tuple[str, ...], series: tuple[str, str]) -> None:
         """Also the batch's uncertainty distributions and its count of `uncertain` answers."""
-        u = self.u
-        for metric, values in (
-            (metrics.MUTUAL_INFORMATION, u.mutual_information),
-            (metrics.PREDICTIVE_ENTROPY, u.predictive_entropy),
-            (metrics.DISAGREEMENT, u.disagreement),
-        ):
-            metrics.observe_many(metrics.child(metric, *labels), values)
-        count_predictions(u.probabilities, names, labels)
+        super().record(names, series)
+        measures = self.measures
+        for metric, name in RECORDED:
+            histogram = metrics.child(metric, *series)
+            for values in measures:
+                histogram.observe(values[name])
         # Touched even when 0: the uncertain share (alerts, dashboard) needs the series to exist.
-        metrics.child(metrics.UNCERTAIN, *labels).inc(int(self.uncertain.sum()))
+        metrics.child(metrics.UNCERTAIN, *series).inc(sum(self.flags))
 
 
 class ScoredOne(Scored):
-    """A batch of one image scored in Python numbers (uncertainty.one_image); the numpy arrays
-    of a batch (OIP outputs, member_probabilities) are built only when asked for."""
+    """A batch of one image scored in plain Python numbers (uncertainty.one_image, where numpy's
+    per-call cost would be most of the work): what the answers print is filled in from them,
+    in the attributes Scored computes from its arrays; the arrays (OIP outputs,
+    member_probabilities) are built only when asked for."""
 
     def __init__(self, one: OneImage, uncertain: bool) -> None:  # (no Scored.__init__)
+        p = one.probabilities
+        top_p = [q[j] for q, j in zip(one.member_probabilities, one.tops, strict=True)]
         self.one = one
-        self.flag = uncertain
+        self.__dict__.update(  # Scored's cached properties, for a batch of one
+            probabilities=[p],
+            ranking=[sorted(range(len(p)), key=lambda j: -p[j])],  # (stable, as argsort's)
+            members=([one.tops], [top_p], [one.kl_to_mean]),
+            measures=[{name: getattr(one, name) for name in MEASURES}],
+            flags=[uncertain],
+        )
 
     def __len__(self) -> int:
         return 1
 
     @cached_property
-    def u(self) -> EnsembleUncertainty:  # type: ignore[override]
+    def uncertainty(self) -> EnsembleUncertainty:  # type: ignore[override]
         return self.one.batch()
 
     @cached_property
-    def p(self) -> np.ndarray:  # type: ignore[override]
-        return self.u.probabilities
+    def answered(self) -> np.ndarray:  # type: ignore[override]
+        return self.uncertainty.probabilities
 
     @cached_property
     def uncertain(self) -> np.ndarray:  # type: ignore[override]
-        return np.array([self.flag])
-
-    @cached_property
-    def probabilities(self) -> list[list[float]]:
-        return [self.one.probabilities]
-
-    @cached_property
-    def ranking(self) -> list[list[int]]:
-        p = self.one.probabilities
-        return [sorted(range(len(p)), key=lambda j: -p[j])]  # (stable: ties lower index first)
-
-    @cached_property
-    def members(self) -> tuple[list[list[int]], list[list[float]], list[list[float]]]:
-        one = self.one
-        top_p = [p[j] for p, j in zip(one.member_probabilities, one.tops, strict=True)]
-        return [one.tops], [top_p], [one.kl_to_mean]
-
-    @cached_property
-    def measures(self) -> list[dict[str, float]]:
-        return [{name: getattr(self.one, name) for name in MEASURES}]
-
-    @cached_property
-    def flags(self) -> list[bool]:
-        return [self.flag]
-
-    def record(self, names: tuple[str, ...], labels: tuple[str, str]) -> None:
-        one = self.one
-        metrics.child(metrics.MUTUAL_INFORMATION, *labels).observe(one.mutual_information)
-        metrics.child(metrics.PREDICTIVE_ENTROPY, *labels).observe(one.predictive_entropy)
-        metrics.child(metrics.DISAGREEMENT, *labels).observe(one.disagreement)
-        metrics.child(metrics.PREDICTIONS, *labels, names[self.ranking[0][0]]).inc()
-        metrics.child(metrics.UNCERTAIN, *labels).inc(int(self.flag))
+        return np.array(self.flags)
 
 
 class Packed(Answers):
@@ -209,13 +194,8 @@ def score_packed(contract: ModelContract, logits: np.ndarray, n: int) -> Packed:
     return Packed(p, np.arange(n) % logits.shape[1])
 
 
-def count_predictions(p: np.ndarray, names: tuple[str, ...], labels: tuple[str, str]) -> None:
-    """mimo_predictions_total by predicted class, one increment per class of the batch."""
-    top = p.argmax(axis=1)
-    if len(top) < 6:  # (bincount and its scan cost more than a few increments)
-        for index in top.tolist():
-            metrics.child(metrics.PREDICTIONS, *labels, names[index]).inc()
-        return
-    counts = np.bincount(top, minlength=len(names))
-    for index in np.flatnonzero(counts).tolist():
-        metrics.child(metrics.PREDICTIONS, *labels, names[index]).inc(int(counts[index]))
+def count_predictions(tops: list[int], names: tuple[str, ...], series: tuple[str, str]) -> None:
+    """mimo_predictions_total by predicted class (`tops`: each image's class index), one
+    increment per class of the batch."""
+    for index, count in Counter(tops).items():
+        metrics.child(metrics.PREDICTIONS, *series, names[index]).inc(count)

@@ -42,7 +42,7 @@ class ServedModel:
     lone_session: ort.InferenceSession | None = None
     # Sessions by the one batch size each runs at (inference.row_counts), batches padded up
     # (Settings.fixed_batch_sizes: on GPUs): ONNX Runtime's CUDA provider plans its
-    # convolutions again whenever a session's input shape changes, 30-45 ms a pass on an H200
+    # convolutions again whenever a session's input shape changes, so the shapes stay few
     # (docs/benchmarks.md, "On a GPU"). Empty: `session` runs every size.
     fixed: dict[int, ort.InferenceSession] = field(default_factory=dict)
 
@@ -58,8 +58,9 @@ class ServedModel:
         return self.lone_session if lone and self.lone_session is not None else self.session
 
     @property
-    def labels(self) -> tuple[str, str]:
-        """Its Prometheus labels: (model, version)."""
+    def series(self) -> tuple[str, str]:
+        """The label values of its Prometheus series: (model, version); the class names are
+        `contract.labels`."""
         return self.name, str(self.version)
 
 
@@ -107,7 +108,7 @@ def load_model(
             model.fixed[rows] = fixed
             forward(fixed, tile(zeros, contract.ensemble_size, rows))  # warm-up
         return model
-    if lone_threads and model.provider == "cpu":  # (Settings.lone_layout)
+    if lone_threads and model.provider == "cpu":  # (Layout.lone_threads)
         model.lone_session = create_session(str(path), providers, lone_threads)
     for batch in {1, warmup_batch}:
         # warm-up: the first runs allocate and tune

@@ -20,11 +20,9 @@ TENSORRT = "TensorrtExecutionProvider"
 SHORT = {CPU: "cpu", CUDA: "cuda", TENSORRT: "tensorrt"}
 
 
-# Measured on an H200 (docs/benchmarks.md, "On a GPU"): cuDNN's EXHAUSTIVE search, ONNX
-# Runtime's default, spent 160-400 ms planning a WRN-16-4 at each new batch size and then ran
-# it slower (11.7 against 7.4 ms at batch 256) than HEURISTIC (30-60 ms); TF32 left /predict's
-# probabilities 2e-4 from the CPU's, fp32 7e-7 (TF32 would run a pass ~2x faster, but the
-# service's throughput there is bound by its HTTP work, not the GPU).
+# cuDNN's HEURISTIC algorithm search, not ONNX Runtime's default EXHAUSTIVE: the exhaustive
+# search plans again at each new batch size and picked slower kernels; and no TF32, so that a
+# GPU's answers stay within fp32 rounding of the CPU's (docs/benchmarks.md, "On a GPU").
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}
 
 
@@ -60,11 +58,9 @@ def create_session(path: str, choice: str, threads: int) -> ort.InferenceSession
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Threads left spinning after a run burn the CPU that the next request (or another
-    # worker) needs: a server mostly waits. Not even within a run: a 2-thread lone session
-    # whose threads spun between operators (and slept after the run) made the ~20 requests
-    # after each pause of 150 ms take ~5 ms instead of 0.9 (p99 at c=1: 4.5 against 1.7 ms,
-    # docs/benchmarks.md), for a median 5 % lower.
+    # No spinning, not even within a run: threads left spinning burn the CPU that the next
+    # request (or another worker) needs, and a server mostly waits; spinning between
+    # operators made requests after an idle pause several times slower (docs/benchmarks.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     wanted = requested_providers(choice, ort.get_available_providers())
     try:

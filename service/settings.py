@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -29,7 +28,7 @@ class Settings(BaseSettings):
     workers: int = Field(
         0,
         ge=0,
-        description="uvicorn worker processes; 0: the rule of `process_layout` (one per core "
+        description="uvicorn worker processes; 0: the rule of service/layout.py (one per core "
         "the process may use, at most 4; one with MIMO_MODEL_CONTROL=explicit)",
     )
     max_batch_size: int = Field(32, ge=1, description="images per forward pass at most")
@@ -122,40 +121,6 @@ class Settings(BaseSettings):
         """ModelRegistry's `fixed_sizes`: None leaves it to each model's provider."""
         return {"auto": None, "on": True, "off": False}[self.fixed_batch_sizes]
 
-    def process_layout(self) -> tuple[int, int]:
-        """(workers, ONNX Runtime threads per worker) for the cores this process may use.
-
-        The server's own work (HTTP, decoding, JSON) holds one core per process at load, so
-        small models serve most from one worker per core with one ORT thread each
-        (docs/benchmarks.md); repository control needs a single process, which then gives ORT
-        every core. Explicit MIMO_WORKERS / MIMO_THREADS win; threads are never more than the
-        cores divided among the workers.
-        """
-        cores = _cores()
-        workers = self.workers or (1 if self.model_control == "explicit" else min(cores, 4))
-        threads = self.threads or max(1, cores // workers)
-        return workers, threads
-
-    def core_per_worker(self) -> bool:
-        """Does each worker have a core to itself and no more (one ONNX Runtime thread, at
-        least as many workers as cores)? Its fast batches then run on its event loop
-        (service/batching.py): a second thread would only take turns with the loop on that
-        core. With more cores than workers, the inference thread lets the loop read and decode
-        the next requests while the model runs on the other cores."""
-        workers, threads = self.process_layout()
-        return threads == 1 and workers >= _cores()
-
-    def lone_layout(self) -> int:
-        """ONNX Runtime threads of each CPU model's lone-image session; 0: no such session.
-
-        MIMO_LONE_THREADS when set; else every core when several workers divide them, but
-        only with the board that says whether the other workers compute (`python -m service`
-        sets it: service/cores.py), so that a lone image never takes cores another worker is
-        using. None when that is no more than a batch gets anyway."""
-        workers, threads = self.process_layout()
-        wanted = self.lone_threads or (_cores() if workers > 1 and self.cores_board else 0)
-        return wanted if wanted > threads else 0
-
     @model_validator(mode="after")
     def _control_needs_a_key(self) -> Settings:
         if self.model_control == "explicit" and self.api_key is None:
@@ -173,8 +138,3 @@ class Settings(BaseSettings):
                 "(Triton's is 8001) or turn it off with MIMO_GRPC_PORT=0"
             )
         return self
-
-
-def _cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1

@@ -103,7 +103,7 @@ async def serve(
     settings = state.settings
     served = state.registry.get(params.model or settings.default_model, params.version)
     limit = settings.max_images_per_request
-    with metrics.counted(served.labels, started):
+    with metrics.counted(served.series, started):
         uploads = await read(limit)
         if len(uploads) > limit:
             raise BadRequest(

@@ -92,7 +92,7 @@ async def _infer(
 ) -> Response:
     started = time.monotonic()
     model = registry.get(name, oip_model.parse_version(version))
-    with metrics.counted(model.labels, started):
+    with metrics.counted(model.series, started):
         parsed = oip.parse_request(await request.body(), request.headers.get(oip.HEADER))
         tensors = await oip_model.infer(
             model,

@@ -156,7 +156,7 @@ class InferenceServicer:
         model = self.state.registry.get(
             request.model_name, oip_model.parse_version(request.model_version)
         )
-        with metrics.counted(model.labels, started):
+        with metrics.counted(model.series, started):
             tensors = await oip_model.infer(
                 model,
                 self.state.pool,

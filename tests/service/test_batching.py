@@ -313,7 +313,7 @@ def test_lone_images_of_fast_models_run_on_the_event_loop(
 def test_batches_of_fast_models_run_on_the_loop_with_a_core_per_worker(
     inline_batches: bool, expected: str
 ) -> None:
-    """With `inline_batches` (each worker has one core: Settings.core_per_worker) a batch of a
+    """With `inline_batches` (each worker has one core: Layout.core_per_worker) a batch of a
     fast model runs on the event loop too, not only a lone image; every caller still gets its
     own row, in one forward pass. A slow model keeps the inference thread either way."""
     model = ThreadRecorder()

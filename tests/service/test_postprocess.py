@@ -70,9 +70,11 @@ def test_a_lone_image_answers_as_a_batch_does(logits: list[list[float]]) -> None
     assert list(one.measures[0]) == list(batch.measures[0])
     # The arrays a batch has (OIP outputs, member_probabilities) are there too.
     for name in ("probabilities", "member_probabilities", "mutual_information", "kl_to_mean"):
-        np.testing.assert_allclose(getattr(one.u, name), getattr(u, name), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(
+            getattr(one.uncertainty, name), getattr(u, name), rtol=1e-12, atol=1e-15
+        )
     np.testing.assert_array_equal(one.uncertain, batch.uncertain)
-    np.testing.assert_allclose(one.p, batch.p, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(one.answered, batch.answered, rtol=1e-12, atol=1e-15)
 
 
 def test_a_lone_image_with_nan_logits_is_scored_by_numpy() -> None:
@@ -126,7 +128,7 @@ def test_a_pass_on_the_event_loop_records_after_its_answer() -> None:
     labels = ("postprocess-loop", "1")
     model = SimpleNamespace(
         contract=CONTRACT,
-        labels=labels,
+        series=labels,
         session_for=lambda rows, lone: Session(),
         rows_for=lambda n: n,
         ensemble_size=3,

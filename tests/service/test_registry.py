@@ -265,7 +265,7 @@ def test_a_lone_image_runs_on_a_session_with_more_threads(repository_copy: Path)
     for session in (model.lone_session, model.session):
         options = session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    plain = ModelRegistry(repository_copy, "cpu", 2, 4, lone_threads=0)  # (Settings.lone_layout)
+    plain = ModelRegistry(repository_copy, "cpu", 2, 4, lone_threads=0)  # (Layout.lone_threads)
     plain.load_all()
     assert plain.get("digits", None).lone_session is None
 

@@ -62,15 +62,15 @@ def calibration(validation: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def test_set() -> ImageDataset:
+def held_out() -> ImageDataset:
     return load_dataset("digits", "test")
 
 
 @pytest.fixture(scope="module")
 def result(
-    predictor: OnnxPredictor, test_set: ImageDataset, calibration: dict[str, Any]
+    predictor: OnnxPredictor, held_out: ImageDataset, calibration: dict[str, Any]
 ) -> dict[str, Any]:
-    return evaluate(predictor, test_set, calibration, corruption_limit=24, ood_count=24)
+    return evaluate(predictor, held_out, calibration, corruption_limit=24, ood_count=24)
 
 
 @pytest.fixture(scope="module")
@@ -115,16 +115,16 @@ def test_classification_metrics_by_hand() -> None:
     assert r["member_nll"][0] < 1e-3 < r["member_nll"][1]
 
 
-def test_predictor_tiles_and_batches(predictor: OnnxPredictor, test_set: ImageDataset) -> None:
-    x = as_float(test_set.images[:50])
+def test_predictor_tiles_and_batches(predictor: OnnxPredictor, held_out: ImageDataset) -> None:
+    x = as_float(held_out.images[:50])
     logits = predictor(x)
     assert logits.shape == (50, 3, 10) and logits.dtype == np.float32
     np.testing.assert_allclose(predictor(x, batch_size=7), logits, atol=1e-5)
     assert predictor.forward_passes == 1 and predictor.ensemble_sizes == [3]
 
 
-def test_evaluate_writes_complete_metrics(result: dict[str, Any], test_set: ImageDataset) -> None:
-    assert result["dataset"] == "digits" and result["test_size"] == len(test_set) == 360
+def test_evaluate_writes_complete_metrics(result: dict[str, Any], held_out: ImageDataset) -> None:
+    assert result["dataset"] == "digits" and result["test_size"] == len(held_out) == 360
     assert result["temperature"] > 0
     assert set(result["thresholds"]) == set(MEASURES)
 
@@ -213,19 +213,19 @@ def test_thresholds_flag_about_five_percent_of_validation(
 
 
 def test_deep_ensemble_pools_heads(
-    member_checkpoints: list[Path], test_set: ImageDataset, calibration: dict[str, Any]
+    member_checkpoints: list[Path], held_out: ImageDataset, calibration: dict[str, Any]
 ) -> None:
     checkpoints, ensemble = load_checkpoints(member_checkpoints)
     assert len(checkpoints) == 2
     assert ensemble.ensemble_sizes == [1, 1] and ensemble.forward_passes == 2
-    x = as_float(test_set.images[:40])
+    x = as_float(held_out.images[:40])
     pooled = ensemble(x)
     assert pooled.shape == (40, 2, 10)
     # Head m of the pool is member m's own single head.
     for m, path in enumerate(member_checkpoints):
         alone = load_checkpoints([path])[1](x)
         np.testing.assert_allclose(pooled[:, m : m + 1], alone, atol=1e-5)
-    r = evaluate(ensemble, test_set, calibration, corruption_limit=8, ood_count=8)
+    r = evaluate(ensemble, held_out, calibration, corruption_limit=8, ood_count=8)
     assert len(r["clean"]["member_accuracy"]) == 2
     assert r["inference"]["forward_passes"] == 2
     assert r["clean"]["accuracy"] > 0.5

@@ -58,7 +58,7 @@ def logits_of(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def test_images() -> tuple[np.ndarray, np.ndarray]:
+def held_out_images() -> tuple[np.ndarray, np.ndarray]:
     test = load_dataset("digits", "test")
     return test.images.astype(np.float32) / 255.0, test.labels
 
@@ -109,9 +109,9 @@ def test_fp16_computes_in_float16(precision_repository: Path) -> None:
 
 @pytest.mark.parametrize("version", [2, 3])
 def test_close_to_fp32_on_real_digits(
-    precision_repository: Path, test_images: tuple[np.ndarray, np.ndarray], version: int
+    precision_repository: Path, held_out_images: tuple[np.ndarray, np.ndarray], version: int
 ) -> None:
-    x, labels = test_images
+    x, labels = held_out_images
     tiled = np.repeat(x[:, None], 3, axis=1)  # as served
     reference = logits_of(precision_repository / "digits" / "1" / "model.onnx", tiled)
     lowered = logits_of(precision_repository / "digits" / str(version) / "model.onnx", tiled)
