@@ -58,11 +58,14 @@ def authorize(settings: Settings, scope: Scope) -> None:
     """The API key check of an HTTP request, from its raw headers (route and fast path)."""
     if settings.api_key is None:
         return
-    headers = dict(scope["headers"])
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:  # the first of a repeated header, as Starlette's
+        if name in (b"authorization", b"x-api-key"):
+            found.setdefault(name, value)
     check_api_key(
         settings.api_key,
-        headers.get(b"authorization", b"").decode("latin-1"),
-        headers.get(b"x-api-key", b"").decode("latin-1"),
+        found.get(b"authorization", b"").decode("latin-1"),
+        found.get(b"x-api-key", b"").decode("latin-1"),
     )
 
 

@@ -10,13 +10,14 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from service import oip
 from service.api import health, models, openapi, predict, ui, v2
 from service.errors import BadRequest, ServiceError, error_answer, error_json
 from service.fastpath import Service
 from service.layout import Layout
-from service.middleware import Guard
+from service.middleware import ClientGone, Guard
 from service.oip_grpc import server as oip_grpc
 from service.pool import BatcherPool
 from service.registry import ModelRegistry
@@ -83,9 +84,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         return await error(request, BadRequest(f"invalid request: {problems}"))
 
+    async def gone(request: Request, exc: Exception) -> Response:
+        # The client left before its body was all sent: nobody to answer, no error of ours
+        # (Guard counts the status, 499; the server drops what is sent to a closed connection).
+        return Response(status_code=ClientGone.status_code)
+
     for kind in (ServiceError, HTTPException, Exception):
         app.add_exception_handler(kind, error)
     app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(ClientDisconnect, gone)
 
     for router in (predict.router, models.router, v2.router, health.router, ui.router):
         app.include_router(router)

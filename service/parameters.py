@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 # How a forward pass fills the model's M input slots; the OIP `mode` parameter says the same.
 Mode = Literal["ensemble", "packed"]
@@ -22,6 +22,8 @@ MODE_DESCRIPTION = (
 
 
 class PredictParameters(BaseModel):
+    model_config = ConfigDict(frozen=True)  # DEFAULTS is shared by every request
+
     model: str | None = Field(None, description="model name (default: the default model)")
     version: int | None = Field(None, ge=1, description="version (default: highest)")
     top_k: int = Field(3, ge=1, le=1000, description="classes to list")

@@ -104,9 +104,13 @@ class BatcherPool:
         def on_queue_depth(_: int) -> None:  # the model's queues together, both modes
             depth.set(sum(len(b.queue) for (m, _), b in self._batchers.items() if m is model))
 
+        def on_queue_waits(waits: list[float]) -> None:
+            for wait in waits:
+                queue_duration.observe(wait)
+
         return BatchObserver(
             on_batch=lambda size, seconds: batch_size.observe(size),
-            on_queue_waits=lambda waits: [queue_duration.observe(w) for w in waits],
+            on_queue_waits=on_queue_waits,
             on_queue_depth=on_queue_depth,
         )
 

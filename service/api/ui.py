@@ -7,9 +7,10 @@ shipped in service/static/ are served, looked up by name: no path ever reaches t
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
 from service.errors import NotFound
@@ -71,17 +72,23 @@ def _page() -> bytes:
 
 
 PAGE = _page()
+# The page changes with the package: a browser revalidates it (Cache-Control: no-cache) against
+# this, as FileResponse's ETag lets it for the other files.
+PAGE_ETAG = f'"{hashlib.sha256(PAGE).hexdigest()[:32]}"'
 
 
 @router.get("/")
-def page() -> Response:
+def page(request: Request) -> Response:
     """The page (index.html)."""
     if not PAGE:
         raise NotFound("no page: service/static/index.html is missing from this install")
-    return Response(PAGE, media_type=MEDIA_TYPES_BY_SUFFIX[".html"], headers=SECURITY_HEADERS)
+    headers = {**SECURITY_HEADERS, "ETag": PAGE_ETAG}
+    if PAGE_ETAG in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(PAGE, media_type=MEDIA_TYPES_BY_SUFFIX[".html"], headers=headers)
 
 
 @router.get("/static/{name:path}")
-def static(name: str) -> Response:
+def static(name: str, request: Request) -> Response:
     """The page's scripts, style and example images."""
-    return page() if name == "index.html" else _serve(name)
+    return page(request) if name == "index.html" else _serve(name)

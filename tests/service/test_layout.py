@@ -74,13 +74,22 @@ def test_a_core_per_worker(
     assert Layout.of(Settings(**overrides), cores).core_per_worker is expected
 
 
-def test_a_worker_given_the_layout_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("cores", [1, 2, 3, 8, 16])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"workers": 1}, {"workers": 3, "threads": 1}, {"lone_threads": 4}, {"threads": 2}],
+    ids=["defaults", "one-worker", "three-workers", "lone-4", "threads-2"],
+)
+def test_a_worker_given_the_layout_agrees(
+    monkeypatch: pytest.MonkeyPatch, cores: int, overrides: dict
+) -> None:
     """`python -m service` computes the layout once; a worker reading the environment it
-    sets (and the board it creates) finds the same."""
+    sets (and the board it creates when there are several workers) finds the same."""
     for name in ("MIMO_WORKERS", "MIMO_THREADS", "MIMO_LONE_THREADS", "MIMO_CORES_BOARD"):
         monkeypatch.delenv(name, raising=False)
-    chosen = Layout.of(Settings(), 8, board=True)
+    chosen = Layout.of(Settings(**overrides), cores, board=True)
     for name, value in chosen.environ().items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MIMO_CORES_BOARD", "/run/mimo/cores.board")
-    assert Layout.of(Settings(), 8) == chosen
+    if chosen.workers > 1:
+        monkeypatch.setenv("MIMO_CORES_BOARD", "/run/mimo/cores.board")
+    assert Layout.of(Settings(**overrides), cores) == chosen

@@ -473,3 +473,10 @@ def test_page_lists_the_formats_the_server_decodes(client: TestClient) -> None:
         assert "{{" not in text
         assert f"({', '.join(IMAGE_FORMATS)})" in text
         assert f'accept="{",".join(MEDIA_TYPES)}"' in text
+
+
+def test_page_revalidates(client: TestClient) -> None:
+    first = client.get("/")
+    again = client.get("/", headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304 and not again.content
+    assert again.headers["etag"] == first.headers["etag"]
