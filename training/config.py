@@ -51,6 +51,9 @@ class TrainConfig:
     # comma-separated, taking turns by step: smooth_noise (training.ood), pen_strokes
     # (letters, symbols and doodles drawn as on the web page: training.strokes)
     outlier_families: str = "smooth_noise"
+    # digits drawn as on the web page (training.strokes.TRAIN_DIGITS, labelled), as a fraction
+    # of each step's unique examples added to them: the page's pen is then no stranger
+    drawn_digit_fraction: float = 0.0
     # run
     precision: str = "auto"  # auto (fp32 on CPU, bf16/fp16 on CUDA) | bf16 | fp16 | fp32
     device: str = "auto"  # auto | cpu | cuda

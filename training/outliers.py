@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from training.batching import OUTLIER_LOSSES
 from training.config import TrainConfig
 from training.ood import ALL_FAMILIES, make_ood
+from training.strokes import drawn_digits
 
 
 class Outliers(NamedTuple):
@@ -43,6 +45,25 @@ def outlier_plan(config: TrainConfig) -> Outliers:
             "network takes --outlier-loss uniform (outlier exposure)"
         )
     return Outliers(families, outlier_loss)
+
+
+def with_drawn_digits(
+    config: TrainConfig,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    step: int,
+    world: int,
+    rank: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's examples x [b, C, H, W] and labels [b] with config.drawn_digit_fraction * b
+    labelled digits drawn as on the page appended (training.strokes.drawn_digits)."""
+    n = max(1, round(len(x) * config.drawn_digit_fraction))
+    seed = (config.seed * 1_000_003 + step) * world + rank + 7_919  # apart from the outliers'
+    images, drawn_labels = drawn_digits(n, tuple(x.shape[1:]), np.random.default_rng(seed))
+    return (
+        torch.cat([x, torch.from_numpy(images).to(x.dtype)]),
+        torch.cat([labels, torch.from_numpy(drawn_labels).to(labels.dtype)]),
+    )
 
 
 def step_outliers(

@@ -166,6 +166,87 @@ DIGITS: dict[str, Shape] = {
 }
 
 
+# Digits as other hands write them, for training (config.drawn_digit_fraction): other glyphs
+# than DIGITS, which stay the measure of drawn digits and are never trained on.
+TRAIN_DIGITS: dict[str, list[Shape]] = {
+    "0": [[arc(0.5, 0.5, 0.32, 0.5, 60, 420, 20)], [arc(0.5, 0.5, 0.45, 0.5, -120, 240, 18)]],
+    "1": [
+        [line((0.5, 0.0), (0.5, 1.0))],
+        [line((0.35, 0.15), (0.55, 0.0), (0.55, 1.0)), line((0.3, 1.0), (0.8, 1.0))],
+    ],
+    "2": [
+        [line((0.1, 0.2), (0.5, 0.0), (0.9, 0.2), (0.1, 1.0), (0.9, 1.0))],
+        [
+            [
+                *arc(0.5, 0.32, 0.38, 0.32, 180, 400, 10),
+                (0.15, 0.95),
+                *arc(0.55, 0.95, 0.4, 0.08, 180, 360, 5),
+            ]
+        ],
+    ],
+    "3": [
+        [line((0.1, 0.0), (0.9, 0.0), (0.45, 0.4)), arc(0.45, 0.7, 0.42, 0.3, -90, 150, 12)],
+        [arc(0.45, 0.26, 0.35, 0.26, 180, 450, 10), arc(0.45, 0.74, 0.4, 0.26, -90, 180, 10)],
+    ],
+    "4": [
+        [line((0.15, 0.0), (0.05, 0.6), (0.95, 0.6)), line((0.7, 0.2), (0.7, 1.0))],
+        [line((0.75, 1.0), (0.75, 0.0), (0.1, 0.65), (0.9, 0.65))],
+    ],
+    "5": [
+        [
+            line((0.2, 0.0), (0.15, 0.45)) + arc(0.47, 0.68, 0.4, 0.32, -140, 150, 12),
+            line((0.2, 0.0), (0.85, 0.0)),
+        ],
+        [
+            line(
+                (0.8, 0.0),
+                (0.25, 0.0),
+                (0.2, 0.4),
+                (0.7, 0.45),
+                (0.85, 0.75),
+                (0.5, 1.0),
+                (0.1, 0.9),
+            )
+        ],
+    ],
+    "6": [
+        [line((0.7, 0.0), (0.2, 0.6)) + arc(0.5, 0.72, 0.32, 0.28, 180, 540, 14)],
+        [arc(0.55, 0.5, 0.4, 0.5, -80, -180, 6) + arc(0.5, 0.75, 0.32, 0.25, 180, 540, 14)],
+    ],
+    "7": [
+        [line((0.05, 0.0), (0.95, 0.0), (0.4, 1.0)), line((0.35, 0.5), (0.85, 0.5))],
+        [line((0.05, 0.15), (0.1, 0.0), (0.95, 0.0), (0.5, 1.0))],
+    ],
+    "8": [
+        [arc(0.5, 0.27, 0.28, 0.27, 90, 450, 14), arc(0.5, 0.73, 0.35, 0.27, -90, 270, 14)],
+        [
+            line((0.2, 0.0), (0.8, 1.0))
+            + arc(0.5, 0.75, 0.3, 0.25, 0, 180, 8)
+            + line((0.2, 1.0), (0.8, 0.0))
+            + arc(0.5, 0.25, 0.3, 0.25, 0, -180, 8)
+        ],
+    ],
+    "9": [
+        [arc(0.5, 0.3, 0.35, 0.3, 0, 360, 16), line((0.85, 0.3), (0.85, 1.0))],
+        [arc(0.5, 0.3, 0.38, 0.3, 0, 360, 16) + arc(0.4, 0.55, 0.45, 0.45, 0, 110, 8)],
+    ],
+}
+
+
+def drawn_digits(
+    n: int, shape: tuple[int, int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """`n` digits of TRAIN_DIGITS drawn as on the page: float32 [n, C, H, W], labels [n]."""
+    c, h, w = shape
+    spec = {"color": "L" if c == 1 else "RGB", "resize": [w, h], "resample": "bilinear"}
+    labels = rng.integers(10, size=n)
+    out = np.empty((n, c, h, w), np.float32)
+    for i, label in enumerate(labels.tolist()):
+        glyphs = TRAIN_DIGITS[str(label)]
+        out[i] = drawn(glyphs[rng.integers(len(glyphs))], spec, rng)
+    return out, labels.astype(np.int64)
+
+
 def hand(shape: Shape, rng: np.random.Generator) -> Shape:
     """`shape` as a hand draws it: slanted, stretched, turned a little, each point off by a
     little, placed somewhere on the canvas at some size."""

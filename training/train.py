@@ -34,7 +34,7 @@ from training.data import ImageDataset, load_dataset, preprocess_spec, split_val
 from training.models import MimoNetwork, build_network
 from training.models.mimo import tile
 from training.optimisation import autocast_for, build_optimizer, build_scheduler
-from training.outliers import Outliers, outlier_plan, step_outliers
+from training.outliers import Outliers, outlier_plan, step_outliers, with_drawn_digits
 from training.processes import Processes, parallel, start_processes, stop_processes
 
 
@@ -211,8 +211,11 @@ def train_epoch(
         rows = order[i * config.batch_size : (i + 1) * config.batch_size]
         rows = rows[rank * data.local_batch : (rank + 1) * data.local_batch]
         x = augment(to_float(data.images[rows]), config.augment, config.shift, gen)  # [b, C, H, W]
+        labels = data.labels[rows]
+        if config.drawn_digit_fraction > 0:
+            x, labels = with_drawn_digits(config, x, labels, step, processes.world, rank)
         x, y = mimo_batch(
-            x, data.labels[rows], M, config.input_repetition, config.batch_repetition, gen
+            x, labels, M, config.input_repetition, config.batch_repetition, gen
         )  # [b*r, M, C, H, W], [b*r, M]
         n_rows = len(x)
         if config.outlier_weight > 0:

@@ -13,8 +13,10 @@ from training.strokes import (
     HELD_OUT,
     INK_SHARE,
     NON_DIGITS,
+    TRAIN_DIGITS,
     canvas,
     drawn,
+    drawn_digits,
     hand,
     page_crop,
 )
@@ -74,3 +76,18 @@ def test_families(name: str, shape: tuple[int, int, int]) -> None:
     assert images.shape == (5, *shape) and images.dtype == np.float32
     np.testing.assert_array_equal(images, make_ood(name, 5, shape, seed=4))
     assert images.max() > 0.9  # white ink
+
+
+def test_training_digits_are_labelled_and_other_glyphs() -> None:
+    """The drawn digits a model may train on are every digit, in glyphs of their own: the
+    DIGITS that measure drawn digits stay unseen."""
+    assert set(TRAIN_DIGITS) == set(DIGITS)
+    for label, glyphs in TRAIN_DIGITS.items():
+        assert all(glyph != DIGITS[label] for glyph in glyphs)
+    images, labels = drawn_digits(40, (1, 28, 28), np.random.default_rng(3))
+    assert images.shape == (40, 1, 28, 28) and images.dtype == np.float32
+    assert labels.dtype == np.int64 and set(labels.tolist()) <= set(range(10))
+    assert images.min() >= 0.0 and images.max() <= 1.0 and images.mean() > 0.05
+    again, same = drawn_digits(40, (1, 28, 28), np.random.default_rng(3))
+    np.testing.assert_array_equal(images, again)
+    np.testing.assert_array_equal(labels, same)

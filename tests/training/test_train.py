@@ -120,6 +120,12 @@ def test_outlier_families_take_turns(tmp_path: Path) -> None:
         train(replace(config, outlier_families="smooth_noise,doodles"))
 
 
+def test_drawn_digits_join_the_step(tmp_path: Path) -> None:
+    checkpoint = run(digits(tmp_path, drawn_digit_fraction=0.25, epochs=2, max_steps=4))
+    assert math.isfinite(checkpoint["history"][0]["loss"])
+    assert checkpoint["config"]["drawn_digit_fraction"] == 0.25
+
+
 def test_a_resumed_run_keeps_its_outliers(tmp_path: Path) -> None:
     """Resumed from a checkpoint, a run trains on the checkpoint's outlier families and loss,
     not on the defaults of whoever resumes it: it lands on the uninterrupted run's weights."""
