@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from training.drawn import GROUPS, summary_line
-from training.strokes import CANVAS, Shape, hand
+from training.glyphs import Shape
+from training.strokes import CANVAS, hand
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,8 +20,9 @@ import numpy as np
 
 from service.contract import contract_of
 from service.uncertainty import ensemble_uncertainty
+from training.glyphs import DIGITS, HELD_OUT, NON_DIGITS, Shape
 from training.predictor import OnnxPredictor
-from training.strokes import DIGITS, HELD_OUT, NON_DIGITS, Shape, drawn
+from training.strokes import drawn
 
 GROUPS: dict[str, dict[str, Shape]] = {
     "digits": DIGITS,

@@ -319,7 +319,8 @@ def test_a_drawing_is_sent_as_training_draws_it(page: Page) -> None:
     from page_drawings import draw
 
     from service.preprocess import to_input
-    from training.strokes import DIGITS, NON_DIGITS, canvas, hand, page_crop
+    from training.glyphs import DIGITS, NON_DIGITS
+    from training.strokes import canvas, hand, page_crop
 
     spec = {"color": "L", "resize": [28, 28], "resample": "bilinear"}
     page.driver.execute_cdp_cmd("Network.enable", {"maxPostDataSize": 1 << 24})

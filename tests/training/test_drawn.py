@@ -7,7 +7,7 @@ from pathlib import Path
 
 from training.__main__ import main
 from training.drawn import drawn_rates
-from training.strokes import DIGITS, HELD_OUT, NON_DIGITS
+from training.glyphs import DIGITS, HELD_OUT, NON_DIGITS
 
 
 def test_drawn_rates(model_repository: Path, tmp_path: Path) -> None:

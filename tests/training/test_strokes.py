@@ -6,20 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from training.glyphs import DIGITS, HELD_OUT, NON_DIGITS, TRAIN_DIGITS
 from training.ood import make_ood
-from training.strokes import (
-    CANVAS,
-    DIGITS,
-    HELD_OUT,
-    INK_SHARE,
-    NON_DIGITS,
-    TRAIN_DIGITS,
-    canvas,
-    drawn,
-    drawn_digits,
-    hand,
-    page_crop,
-)
+from training.strokes import CANVAS, INK_SHARE, canvas, drawn, drawn_digits, hand, page_crop
 
 SPEC = {"color": "L", "resize": [28, 28], "resample": "bilinear"}
 
