@@ -22,12 +22,18 @@ INK_SHARE = 20 / 28  # of the square the ink fills (app.js INK_SHARE)
 INK_LEVEL = 16  # a pixel at or above this is ink (app.js drawingBlob)
 
 
+def input_spec(shape: tuple[int, int, int]) -> dict:
+    """The preprocessing (a model's mimo.preprocess) down to an input of `shape` [C, H, W]."""
+    c, h, w = shape
+    return {"color": "L" if c == 1 else "RGB", "resize": [w, h], "resample": "bilinear"}
+
+
 def drawn_digits(
     n: int, shape: tuple[int, int, int], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """`n` digits of TRAIN_DIGITS drawn as on the page: float32 [n, C, H, W], labels [n]."""
     c, h, w = shape
-    spec = {"color": "L" if c == 1 else "RGB", "resize": [w, h], "resample": "bilinear"}
+    spec = input_spec(shape)
     labels = rng.integers(10, size=n)
     out = np.empty((n, c, h, w), np.float32)
     for i, label in enumerate(labels.tolist()):
@@ -108,7 +114,7 @@ def family(
 
     def make(n: int, shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
         c, h, w = shape
-        spec = {"color": "L" if c == 1 else "RGB", "resize": [w, h], "resample": "bilinear"}
+        spec = input_spec(shape)
         out = np.empty((n, c, h, w), np.float32)
         for i in range(n):
             out[i] = drawn(shapes[names[rng.integers(len(names))]], spec, rng)
