@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import contract_of
+from service.contract import FLAG_MEASURES, contract_of
 from service.uncertainty import ensemble_uncertainty
 from training.glyphs import DIGITS, HELD_OUT, NON_DIGITS, Shape
 from training.predictor import OnnxPredictor
@@ -32,7 +32,8 @@ GROUPS: dict[str, dict[str, Shape]] = {
 
 
 def drawn_rates(model: Path, hands: int = 20, seed: int = 0) -> dict[str, Any]:
-    """Per group and per shape: flagged share; for digits also right, and right unflagged."""
+    """Per group and per shape: flagged share; for digits also right, and right unflagged.
+    `by_measure`: the group rates had the flag used each measure the file has a threshold for."""
     predictor = OnnxPredictor.from_bytes([str(model)])
     contract = contract_of(predictor.sessions[0], model.name)
     rng = np.random.default_rng(seed)
@@ -43,6 +44,8 @@ def drawn_rates(model: Path, hands: int = 20, seed: int = 0) -> dict[str, Any]:
         "measure": contract.uncertain_measure,
         "threshold": contract.threshold,
     }
+    measures = [m for m in FLAG_MEASURES if m in contract.thresholds]
+    by_measure: dict[str, dict[str, float]] = {m: {} for m in measures}
     for group, shapes in GROUPS.items():
         names = sorted(shapes)
         images = np.stack(
@@ -51,6 +54,13 @@ def drawn_rates(model: Path, hands: int = 20, seed: int = 0) -> dict[str, Any]:
         u = ensemble_uncertainty(predictor(images), contract.temperature)
         flagged = (getattr(u, contract.uncertain_measure) > contract.threshold).reshape(-1, hands)
         predicted = u.probabilities.argmax(axis=1).reshape(-1, hands)
+        for m in measures:
+            other = (getattr(u, m) > contract.thresholds[m]).reshape(-1, hands)
+            if group == "digits":
+                right = predicted == np.array([int(n) for n in names])[:, None]
+                by_measure[m]["digits_right_unflagged"] = float((right & ~other).mean())
+            else:
+                by_measure[m][f"{group}_flagged"] = float(other.mean())
         shape_rows = {}
         for i, name in enumerate(names):
             row = {"flagged": float(flagged[i].mean())}
@@ -69,6 +79,7 @@ def drawn_rates(model: Path, hands: int = 20, seed: int = 0) -> dict[str, Any]:
                 np.mean([r["right_unflagged"] for r in shape_rows.values()])
             )
         out[group] = summary
+    out["by_measure"] = by_measure
     return out
 
 
@@ -104,3 +115,5 @@ def run(args: argparse.Namespace) -> None:
             if row["flagged"] < 0.9
         }
         print(f"  {group} flagged under 90 %, answered as: {missed}")
+    for measure, rates_by in rates["by_measure"].items():
+        print(f"  by {measure}: " + ", ".join(f"{k} {v:.1%}" for k, v in rates_by.items()))

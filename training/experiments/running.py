@@ -188,15 +188,19 @@ def table(args: argparse.Namespace) -> None:
 def default_model(args: argparse.Namespace) -> None:
     """Train `--config` for `--epochs`, evaluate on everything, export models/mnist/<version>."""
     point = parse(f"{args.config}-s{args.seed}")
-    drawn = "-" + args.outlier_families.replace(",", "+") if args.outlier_families else ""
-    runs = Path(args.runs) / f"default-{args.config}{drawn}-e{args.epochs}-s{args.seed}"
-    flags = (*point.flags(), "--epochs", str(args.epochs))
+    extra: tuple[str, ...] = ()  # the recipe's options beyond the grid point's, as passed on
     if args.outlier_families:
-        flags += ("--outlier-families", args.outlier_families)
+        extra += ("--outlier-families", args.outlier_families)
+    if args.drawn_digit_fraction:
+        extra += ("--drawn-digit-fraction", f"{args.drawn_digit_fraction:g}")
+    suffix = "".join("-" + value.replace(",", "+") for value in extra[1::2])
+    runs = Path(args.runs) / f"default-{args.config}{suffix}-e{args.epochs}-s{args.seed}"
+    flags = (*point.flags(), "--epochs", str(args.epochs), *extra)
     if args.threads:
         flags += ("--threads", str(args.threads))
     metrics = train_and_evaluate(runs, args.data_dir, flags, FULL_EVAL_FLAGS)
-    target = ROOT / "models" / "mnist" / str(args.version)
+    repository = Path(args.repository)
+    target = repository / "mnist" / str(args.version)
     run(
         [
             "export",
@@ -205,7 +209,7 @@ def default_model(args: argparse.Namespace) -> None:
             "--evaluation",
             str(runs / "eval" / "metrics.json"),
             "--repository",
-            str(ROOT / "models"),
+            str(repository),
             "--name",
             "mnist",
             "--version",
@@ -221,9 +225,8 @@ def default_model(args: argparse.Namespace) -> None:
     seconds, _ = train_log(runs / "train.log")
     reproduce = (
         f"python -m training.experiments default-model --data-dir <mnist> --config {args.config} "
-        f"--epochs {args.epochs} --seed {args.seed} --version {args.version}"
-        + (f" --outlier-families {args.outlier_families}" if args.outlier_families else "")
-    )
+        f"--epochs {args.epochs} --seed {args.seed} --version {args.version} " + " ".join(extra)
+    ).rstrip()
     minutes = round(seconds / 60 + 5)  # + evaluation and export
     write_atomic(target / "README.md", model_card(metrics, args.version, reproduce, minutes))
     print(f"model: {target / 'model.onnx'}")
@@ -245,6 +248,17 @@ def main(argv: list[str] | None = None) -> int:
         "--outlier-families",
         help="the outlier loss's families, comma-separated (default: the configuration's, "
         "smooth_noise); smooth_noise,pen_strokes adds drawings made as on the web page",
+    )
+    p.add_argument(
+        "--drawn-digit-fraction",
+        type=float,
+        default=0.0,
+        help="labelled digits drawn as on the web page, as a share of each step's images",
+    )
+    p.add_argument(
+        "--repository",
+        default=str(ROOT / "models"),
+        help="the model repository exported into (another one to try a candidate first)",
     )
     p.set_defaults(run=default_model)
 
