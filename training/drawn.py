@@ -44,7 +44,12 @@ def drawn_rates(model: Path, hands: int = 20, seed: int = 0) -> dict[str, Any]:
         "measure": contract.uncertain_measure,
         "threshold": contract.threshold,
     }
-    measures = [m for m in FLAG_MEASURES if m in contract.thresholds]
+    # a single network's heads cannot disagree: its mutual information is 0 up to rounding
+    measures = [
+        m
+        for m in FLAG_MEASURES
+        if m in contract.thresholds and (contract.ensemble_size > 1 or m != "mutual_information")
+    ]
     by_measure: dict[str, dict[str, float]] = {m: {} for m in measures}
     for group, shapes in GROUPS.items():
         names = sorted(shapes)

@@ -110,6 +110,25 @@ def test_model_card_states_the_recipe_and_the_numbers() -> None:
     assert "M=3" in card and "99.48%" in card and "0.0165 / 0.0041" in card
     assert "outlier-disagreement loss" in card
     assert "about 30 minutes" in card
+    assert "mutual information (the heads' disagreement)" in card
+
+
+def test_model_card_follows_the_loss_the_flag_and_the_drawings() -> None:
+    m = metrics(0.0120, 0.0015, 0.9964)
+    m["thresholds"]["predictive_entropy"] = 0.25
+    m["ood_mean"]["predictive_entropy"] = {"auroc": 0.99}
+    m["model"]["config"] |= {"outlier_loss": "uniform", "drawn_digit_fraction": 0.1}
+    drawn = {
+        "digits": {"right": 0.98, "right_unflagged": 0.82},
+        "non_digits": {"flagged": 1.0},
+        "held_out": {"flagged": 0.967},
+    }
+    card = model_card(m, 2, "make default-model", 30, "predictive_entropy", drawn)
+    assert "A single network (M=1)" in card and "1 prediction." in card
+    assert "outlier exposure" in card and "disagreement loss" not in card
+    assert "10 % more of each step are digits drawn" in card
+    assert "predictive entropy (of the heads' mean)\n  > 0.25" in card
+    assert "| 98.0% / 82.0% |" in card and "| 100.0% / 96.7% |" in card
 
 
 def scored(m: dict[str, Any], wrong_auroc: float, ood_auroc: float) -> dict[str, Any]:

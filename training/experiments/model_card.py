@@ -1,4 +1,5 @@
-"""The model card (README.md) of the default model, from its evaluation's metrics."""
+"""The model card (README.md) of the default model, from its evaluation's metrics, the measure
+its export chose for the `uncertain` flag, and (optionally) how it answers drawings."""
 
 from __future__ import annotations
 
@@ -8,32 +9,86 @@ OUTLIER_WORDS = {
     "smooth_noise": "synthetic smooth-noise images",
     "pen_strokes": "letters, symbols and doodles drawn as on the web page (training/strokes.py)",
 }
+LOSS_WORDS = {
+    "agreement": "the outlier-disagreement loss",
+    "uniform": "outlier exposure (each head's cross-entropy to the uniform distribution)",
+}
+MEASURE_WORDS = {
+    "mutual_information": "mutual information (the heads' disagreement)",
+    "predictive_entropy": "predictive entropy (of the heads' mean)",
+    "expected_entropy": "expected entropy (the heads' own doubt)",
+}
 
 
-def model_card(metrics: dict[str, Any], version: int, reproduce: str, minutes: int) -> str:
+def recipe(config: dict[str, Any]) -> str:
+    """What beyond the preset it was trained with: the outlier loss and drawn digits."""
+    words = ""
+    if config["outlier_weight"]:
+        families = config.get("outlier_families", "smooth_noise").split(",")
+        loss = LOSS_WORDS[config.get("outlier_loss", "agreement")]
+        words += f", and {loss} (weight {config['outlier_weight']}) on " + " and ".join(
+            OUTLIER_WORDS.get(f, f) for f in families
+        )
+    if config.get("drawn_digit_fraction"):
+        words += (
+            f"; {100 * config['drawn_digit_fraction']:g} % more of each step are digits drawn "
+            "as on the web page, labelled (training/glyphs.py TRAIN_DIGITS)"
+        )
+    return words
+
+
+def drawn_lines(drawn: dict[str, Any] | None) -> str:
+    if drawn is None:
+        return ""
+    digits = drawn["digits"]
+    return f"""| drawn digits (as on the page) right / right and not flagged | \
+{100 * digits["right"]:.1f}% / {100 * digits["right_unflagged"]:.1f}% |
+| drawn non-digits flagged: trained shapes / held-out shapes | \
+{100 * drawn["non_digits"]["flagged"]:.1f}% / {100 * drawn["held_out"]["flagged"]:.1f}% |
+"""
+
+
+def model_card(
+    metrics: dict[str, Any],
+    version: int,
+    reproduce: str,
+    minutes: int,
+    measure: str = "mutual_information",
+    drawn: dict[str, Any] | None = None,
+) -> str:
+    """`measure`: the one the exported file flags by; `drawn`: training.drawn.drawn_rates."""
     config = metrics["model"]["config"]
     clean, corrupted = metrics["clean"], metrics["corrupted"]["mean"]
     ood = metrics["ood_mean"]
     members = ", ".join(f"{100 * a:.2f}%" for a in clean["member_accuracy"])
-    families = config.get("outlier_families", "smooth_noise").split(",")
-    outlier = (
-        f", and the outlier-disagreement loss (weight {config['outlier_weight']}) on "
-        + " and ".join(OUTLIER_WORDS.get(f, f) for f in families)
-        if config["outlier_weight"]
+    m = config["ensemble_size"]
+    what = (
+        f"A MIMO ensemble of M={m} subnetworks in one small CNN"
+        if m > 1
+        else "A single network (M=1), a small CNN"
+    )
+    flagged = ood.get("flagged", {}).get(measure, ood["uncertain_fraction"])
+    auroc = ood.get(measure, ood["mutual_information"])["auroc"]
+    wrong = metrics.get("misclassification", {}).get("corrupted", {}).get(measure)
+    wrong_lines = (
+        f"| corrupted digits: misclassification AUROC / wrong and not flagged | "
+        f"{wrong['auroc']:.3f} / {100 * wrong['silent_errors']:.2f}% |\n"
+        if wrong
         else ""
     )
     return f"""# mnist / {version}
 
-A MIMO ensemble of M={config["ensemble_size"]} subnetworks in one small CNN
+{what}
 ({config["arch"]}, width {config["width"]:g}) for 28x28 grayscale digits, light on dark (MNIST
-polarity). One forward pass gives {config["ensemble_size"]} predictions.
+polarity). One forward pass gives {m} prediction{"s" if m > 1 else ""}.
 
 - Trained on the 55,000 MNIST training images left after a 5,000-image validation split, with
   the `mnist` preset, {config["epochs"]} epochs, rho={config["input_repetition"]},
-  r={config["batch_repetition"]}, seed {config["seed"]}{outlier}.
+  r={config["batch_repetition"]}, seed {config["seed"]}{recipe(config)}.
 - Reproduce: `{reproduce}`, about {minutes} minutes on 2 idle CPU cores.
-- Temperature {metrics["temperature"]:.4f} and the `uncertain` threshold (mutual information >
-  {metrics["thresholds"]["mutual_information"]:.4g}) were fitted on the validation split.
+- Temperature {metrics["temperature"]:.4f} and the `uncertain` threshold ({MEASURE_WORDS[measure]}
+  > {metrics["thresholds"][measure]:.4g}, chosen at export by the validation split's evidence)
+  were fitted on the validation split.
 
 | MNIST test (10,000) | value |
 |---|---|
@@ -43,10 +98,10 @@ polarity). One forward pass gives {config["ensemble_size"]} predictions.
 {metrics["clean_calibrated"]["ece"]:.4f} |
 | corrupted accuracy / NLL / ECE | {100 * corrupted["accuracy"]:.2f}% / {corrupted["nll"]:.4f} \
 / {corrupted["ece"]:.4f} |
-| test digits flagged `uncertain` | {100 * clean["uncertain_fraction"]:.1f}% |
-| held-out OOD flagged `uncertain` (mean over families) | {100 * ood["uncertain_fraction"]:.1f}% |
-| OOD AUROC by mutual information (mean) | {ood["mutual_information"]["auroc"]:.3f} |
-
+{wrong_lines}| test digits flagged `uncertain` | {100 * clean["uncertain_fraction"]:.1f}% |
+| held-out OOD flagged `uncertain` (mean over families) | {100 * flagged:.1f}% |
+| OOD AUROC by the flag's measure (mean) | {auroc:.3f} |
+{drawn_lines(drawn)}
 Per family and per corruption: [report.md](report.md); calibration:
 [reliability.png](reliability.png).
 

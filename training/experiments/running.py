@@ -24,6 +24,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+from training.drawn import drawn_rates
 from training.experiments.grid import WIDTHS, GridPoint, parse, points
 from training.experiments.model_card import model_card
 from training.experiments.records import RECORDS, ROOT
@@ -222,13 +223,16 @@ def default_model(args: argparse.Namespace) -> None:
     )
     for name in ("metrics.json", "report.md", "reliability.png"):
         shutil.copyfile(runs / "eval" / name, target / name)
+    drawn = drawn_rates(target / "model.onnx")  # its `measure`: the one the export chose
+    write_atomic(target / "drawn.json", json.dumps(drawn, indent=1) + "\n")
     seconds, _ = train_log(runs / "train.log")
     reproduce = (
         f"python -m training.experiments default-model --data-dir <mnist> --config {args.config} "
         f"--epochs {args.epochs} --seed {args.seed} --version {args.version} " + " ".join(extra)
     ).rstrip()
     minutes = round(seconds / 60 + 5)  # + evaluation and export
-    write_atomic(target / "README.md", model_card(metrics, args.version, reproduce, minutes))
+    card = model_card(metrics, args.version, reproduce, minutes, drawn["measure"], drawn)
+    write_atomic(target / "README.md", card)
     print(f"model: {target / 'model.onnx'}")
 
 
