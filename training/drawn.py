@@ -59,20 +59,22 @@ def drawn_rates(model: Path, hands: int = 20, seed: int = 0) -> dict[str, Any]:
         u = ensemble_uncertainty(predictor(images), contract.temperature)
         flagged = (getattr(u, contract.uncertain_measure) > contract.threshold).reshape(-1, hands)
         predicted = u.probabilities.argmax(axis=1).reshape(-1, hands)
+        # [shapes, hands]: answered right (digits only: a digit shape's name is its label)
+        right = None
+        if group == "digits":
+            right = predicted == np.array([int(n) for n in names])[:, None]
         for m in measures:
             other = (getattr(u, m) > contract.thresholds[m]).reshape(-1, hands)
-            if group == "digits":
-                right = predicted == np.array([int(n) for n in names])[:, None]
+            if right is not None:
                 by_measure[m]["digits_right_unflagged"] = float((right & ~other).mean())
             else:
                 by_measure[m][f"{group}_flagged"] = float(other.mean())
         shape_rows = {}
         for i, name in enumerate(names):
             row = {"flagged": float(flagged[i].mean())}
-            if group == "digits":
-                right = predicted[i] == int(name)
-                row["right"] = float(right.mean())
-                row["right_unflagged"] = float((right & ~flagged[i]).mean())
+            if right is not None:
+                row["right"] = float(right[i].mean())
+                row["right_unflagged"] = float((right[i] & ~flagged[i]).mean())
             else:
                 counts = np.bincount(predicted[i], minlength=len(contract.labels))
                 row["answered_as"] = contract.labels[int(counts.argmax())]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.contract import DEFAULT_UNCERTAIN_MEASURE
+
 OUTLIER_WORDS = {
     "smooth_noise": "synthetic smooth-noise images",
     "pen_strokes": "letters, symbols and doodles drawn as on the web page (training/strokes.py)",
@@ -53,7 +55,7 @@ def model_card(
     version: int,
     reproduce: str,
     minutes: int,
-    measure: str = "mutual_information",
+    measure: str = DEFAULT_UNCERTAIN_MEASURE,
     drawn: dict[str, Any] | None = None,
 ) -> str:
     """`measure`: the one the exported file flags by; `drawn`: training.drawn.drawn_rates."""
