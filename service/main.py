@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = ModelRegistry(
             settings.repository,
             settings.providers,
-            settings.threads,
+            layout.threads,  # MIMO_THREADS, or this worker's share of the cores
             settings.max_batch_size,
             layout.lone_threads,
             settings.fixed_sizes(),
