@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
 
-# Serves the embedded default model (models/mnist/1) on port 8000; MIMO_* variables configure it.
+# Serves the embedded default model (models/mnist/2; models/mnist/1 beside it) on port 8000; MIMO_* variables configure it.
 serve: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[cpu]'
 	$(BIN)/python -m service
@@ -47,7 +47,7 @@ audit: $(BIN)/python
 lint: $(BIN)/python
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-# The embedded default model (models/mnist/1): train, evaluate, export. ~12 min on 2 cores.
+# The embedded default model (models/mnist/2): train, evaluate, export. ~25 min on 2 cores.
 default-model: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[cpu,train]'
 	$(BIN)/python -m training.experiments --runs $(RUNS) default-model --data-dir $(MNIST_DIR)

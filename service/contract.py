@@ -38,6 +38,12 @@ UNCERTAIN_MEASURE_KEY = "mimo.uncertain_measure"
 DEFAULT_UNCERTAIN_MEASURE = "mutual_information"
 # The measures a flag may use: those that rank images (service/uncertainty.py's MEASURES).
 FLAG_MEASURES = ("mutual_information", "predictive_entropy", "expected_entropy")
+# How model cards and reports name each (the page words its verdict in service/static/app.js).
+MEASURE_WORDS = {
+    "mutual_information": "mutual information (the heads' disagreement)",
+    "predictive_entropy": "predictive entropy (of the heads' mean)",
+    "expected_entropy": "expected entropy (the heads' own doubt)",
+}
 PRECISION_PATTERN = re.compile(r"[a-z0-9]{1,16}")
 COLORS = ("L", "RGB")
 RESAMPLE = ("nearest", "bilinear", "bicubic", "lanczos")

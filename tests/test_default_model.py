@@ -1,4 +1,6 @@
-"""The embedded default model (models/mnist/1) keeps its promises, through ONNX Runtime."""
+"""The shipped models keep their promises, through ONNX Runtime: models/mnist/2 (the default,
+served when no version is named: a single network with outlier exposure, flagged by predictive
+entropy) and models/mnist/1 (the MIMO ensemble it replaced, flagged by mutual information)."""
 
 from __future__ import annotations
 
@@ -9,26 +11,39 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.contract import parse_contract
+from service.contract import ModelContract, parse_contract
 from service.uncertainty import ensemble_uncertainty
 from training.data import load_dataset
 from training.ood import EVALUATION_FAMILIES, make_ood
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "models" / "mnist" / "1" / "model.onnx"
 MNIST_DIR = Path(os.environ.get("MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
+# version -> (M, the measure its `uncertain` flag uses)
+SHIPPED = {"1": (3, "mutual_information"), "2": (1, "predictive_entropy")}
+DEFAULT_VERSION = max(SHIPPED, key=int)
+
+
+@pytest.fixture(scope="module", params=sorted(SHIPPED))
+def version(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def session() -> ort.InferenceSession:
-    assert MODEL.is_file(), f"{MODEL} is missing: `make default-model` writes it"
-    return ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+def model(version: str) -> Path:
+    path = ROOT / "models" / "mnist" / version / "model.onnx"
+    assert path.is_file(), f"{path} is missing: its README.md says how it was made"
+    return path
 
 
 @pytest.fixture(scope="module")
-def contract(session: ort.InferenceSession):
+def session(model: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def contract(session: ort.InferenceSession, model: Path) -> ModelContract:
     meta = session.get_modelmeta().custom_metadata_map
-    return parse_contract(meta, session.get_inputs(), session.get_outputs(), str(MODEL))
+    return parse_contract(meta, session.get_inputs(), session.get_outputs(), str(model))
 
 
 def logits(session: ort.InferenceSession, images: np.ndarray, m: int) -> np.ndarray:
@@ -40,15 +55,23 @@ def logits(session: ort.InferenceSession, images: np.ndarray, m: int) -> np.ndar
     return np.concatenate(out)
 
 
-def test_is_small_and_keeps_the_contract(contract) -> None:
-    assert MODEL.stat().st_size < 5e6
-    assert contract.ensemble_size == 3
+def flagged(contract: ModelContract, images: np.ndarray, session: ort.InferenceSession) -> float:
+    """The share of `images` the served `uncertain` flag raises."""
+    u = ensemble_uncertainty(logits(session, images, contract.ensemble_size), contract.temperature)
+    return float((getattr(u, contract.uncertain_measure) > contract.threshold).mean())
+
+
+def test_is_small_and_keeps_the_contract(
+    contract: ModelContract, model: Path, version: str
+) -> None:
+    assert model.stat().st_size < 5e6
+    assert (contract.ensemble_size, contract.uncertain_measure) == SHIPPED[version]
     assert contract.input_shape == (1, 28, 28)
     assert contract.labels == tuple(str(d) for d in range(10))
     assert contract.preprocess["color"] == "L"
     assert contract.training["dataset"] == "mnist"
     assert contract.evaluation["clean"]["accuracy"] >= 0.993
-    assert (MODEL.parent / "README.md").is_file()
+    assert (model.parent / "README.md").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +89,13 @@ def test_accuracy_on_the_real_mnist_test_set(session, contract, mnist_test) -> N
     for m in range(contract.ensemble_size):
         assert (u.member_probabilities[:, m].argmax(1) == mnist_test.labels).mean() >= 0.98
     # The threshold is the validation 95th percentile: about 5% of real digits are flagged.
-    flagged = float((u.mutual_information > contract.thresholds["mutual_information"]).mean())
-    assert flagged <= 0.07
+    assert flagged(contract, x, session) <= 0.07
 
 
 @pytest.mark.parametrize("family", [*EVALUATION_FAMILIES])
 def test_obvious_non_digits_are_uncertain(session, contract, family: str) -> None:
-    x = make_ood(family, 200, contract.input_shape, seed=123)
-    u = ensemble_uncertainty(logits(session, x, contract.ensemble_size), contract.temperature)
-    flagged = float((u.mutual_information > contract.thresholds["mutual_information"]).mean())
-    assert flagged >= 0.5, f"only {flagged:.0%} of {family} images flagged uncertain"
+    share = flagged(contract, make_ood(family, 200, contract.input_shape, seed=123), session)
+    assert share >= 0.5, f"only {share:.0%} of {family} images flagged uncertain"
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -89,7 +109,8 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 
 
 def test_served_digits_are_certain_and_noise_is_uncertain(mnist_test) -> None:
-    """What `make serve` promises, through the real app: digits right, noise flagged."""
+    """What `make serve` promises, through the real app: the default version answers, digits
+    right, noise flagged."""
     from fastapi.testclient import TestClient
 
     from service.main import create_app
@@ -97,14 +118,18 @@ def test_served_digits_are_certain_and_noise_is_uncertain(mnist_test) -> None:
 
     app = create_app(Settings(repository=ROOT / "models", default_model="mnist"))
     with TestClient(app) as client:
-        answers = [
+        replies = [
             client.post(
                 "/predict",
                 content=png_bytes(mnist_test.images[i, 0]),
                 headers={"content-type": "image/png"},
-            ).json()["predictions"][0]
+            ).json()
             for i in range(20)
         ]
+        assert {(str(r["version"]), r["uncertain_measure"]) for r in replies} == {
+            (DEFAULT_VERSION, SHIPPED[DEFAULT_VERSION][1])
+        }
+        answers = [r["predictions"][0] for r in replies]
         correct = [
             a["index"] == int(y) for a, y in zip(answers, mnist_test.labels[:20], strict=True)
         ]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from service.contract import contract_of
+from service.contract import DEFAULT_UNCERTAIN_MEASURE, contract_of
 from service.uncertainty import ensemble_uncertainty
 from training import metrics
 from training.calibration import calibrate, scored, uncertainty_scores, validation_split
@@ -52,6 +52,15 @@ def classification_metrics(
         "member_nll": member_nll,
         "disagreement": float(u.disagreement.mean()),
         "mutual_information": float(u.mutual_information.mean()),
+    }
+
+
+def flagged_shares(scores: dict[str, np.ndarray], flag_at: dict[str, float]) -> dict[str, float]:
+    """Per signal with a threshold: the share of images it flags."""
+    return {
+        score: float((scores[score] > flag_at[score]).mean())
+        for score in SCORES
+        if score in flag_at
     }
 
 
@@ -102,6 +111,7 @@ def evaluate(
     )
     # (an exported model's contract has the measures' thresholds only: no max-probability one)
     flag_at = calibration.get("score_thresholds", calibration["thresholds"])
+    result["clean"]["flagged"] = flagged_shares(in_scores, flag_at)
     result["misclassification"] = {"clean": misclassification(in_scores, correct, flag_at)}
 
     # Corrupted: every corruption at 5 severities on the same (first) test images.
@@ -188,11 +198,7 @@ def ood_entry(
         score: metrics.ood_metrics(in_scores[score], out_scores[score]) for score in SCORES
     }
     entry["uncertain_fraction"] = float((out_scores["mutual_information"] > mi_threshold).mean())
-    entry["flagged"] = {
-        score: float((out_scores[score] > flag_at[score]).mean())
-        for score in SCORES
-        if score in flag_at
-    }
+    entry["flagged"] = flagged_shares(out_scores, flag_at)
     return entry
 
 
@@ -263,6 +269,7 @@ def _run(args: argparse.Namespace) -> int:
         dataset = args.dataset or contract.training.get("dataset")
         calibration = {"temperature": contract.temperature, "thresholds": contract.thresholds}
         describe: dict[str, Any] = {"onnx": args.onnx, "training": contract.training}
+        measure = contract.uncertain_measure
         data_dir = args.data_dir
         # The test images must have the model's input format (imagefolder is resized to it).
         channels, image_size, _ = contract.input_shape
@@ -274,6 +281,7 @@ def _run(args: argparse.Namespace) -> int:
         first = checkpoints[0]["config"]
         dataset, data_dir = first["dataset"], args.data_dir or first["data_dir"]
         image_size, color = first.get("image_size"), first.get("color")
+        measure = DEFAULT_UNCERTAIN_MEASURE  # export chooses the served one later
         describe = {
             "checkpoints": [str(p) for p in args.checkpoint],
             "config": first,
@@ -288,7 +296,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "metrics.json", json.dumps(result, indent=2))
-    write_report(result, logits, test.labels, out)
+    write_report(result, logits, test.labels, out, measure)
     c = result["clean"]
     print(
         f"{out}: accuracy {c['accuracy']:.4f} nll {c['nll']:.4f} ece {c['ece']:.4f} "

@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import numpy as np
 
+from service.contract import DEFAULT_UNCERTAIN_MEASURE, MEASURE_WORDS
 from service.uncertainty import softmax
 from training.files import write_atomic
 from training.metrics import reliability_bins
@@ -60,13 +61,19 @@ def _row(name: str, r: dict[str, Any]) -> str:
     )
 
 
-def markdown(result: dict[str, Any]) -> str:
+def _flagged(r: dict[str, Any], measure: str) -> float:
+    """The share `uncertain` flags by `measure` (records before per-measure shares: MI's)."""
+    return r.get("flagged", {}).get(measure, r["uncertain_fraction"])
+
+
+def markdown(result: dict[str, Any], measure: str = DEFAULT_UNCERTAIN_MEASURE) -> str:
+    """`measure`: the one the served flag uses (the exported file's `mimo.uncertain_measure`)."""
     lines = [
         f"# Evaluation on {result['dataset']} ({result['test_size']} test images)",
         "",
         f"Temperature fitted on the validation split: {result['temperature']:.4f}. "
-        f"`uncertain` threshold (95th percentile of validation mutual information): "
-        f"{result['thresholds']['mutual_information']:.3g}.",
+        f"`uncertain` flags {MEASURE_WORDS[measure]} above {result['thresholds'][measure]:.3g}, "
+        "the 95th percentile of its values on the validation split.",
         "",
         "| data | accuracy | NLL | ECE | Brier | member accuracies |",
         "|---|---|---|---|---|---|",
@@ -90,6 +97,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Out of distribution (AUROC / AUPR / FPR@95 by score; share flagged `uncertain`)",
         "",
+        f"`uncertain`: {MEASURE_WORDS[measure]} above its threshold.",
+        "",
         "| OOD set | mutual information | predictive entropy | 1 - max prob | uncertain |",
         "|---|---|---|---|---|",
     ]
@@ -98,8 +107,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r[s]['auroc']:.3f} / {r[s]['aupr']:.3f} / {r[s]['fpr_at_95_tpr']:.3f}"
             for s in ("mutual_information", "predictive_entropy", "max_probability")
         )
-        lines.append(f"| {name} | {cells} | {r['uncertain_fraction']:.3f} |")
-    lines.append(f"| in-distribution test | | | | {result['clean']['uncertain_fraction']:.3f} |")
+        lines.append(f"| {name} | {cells} | {_flagged(r, measure):.3f} |")
+    lines.append(f"| in-distribution test | | | | {_flagged(result['clean'], measure):.3f} |")
     inf = result["inference"]
     lines += [
         "",
@@ -113,8 +122,14 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(result: dict[str, Any], logits: np.ndarray, labels: np.ndarray, out: Path) -> None:
-    write_atomic(out / "report.md", markdown(result))
+def write_report(
+    result: dict[str, Any],
+    logits: np.ndarray,
+    labels: np.ndarray,
+    out: Path,
+    measure: str = DEFAULT_UNCERTAIN_MEASURE,
+) -> None:
+    write_atomic(out / "report.md", markdown(result, measure))
     probs = softmax(logits, result["temperature"]).mean(axis=1)
     reliability_diagram(
         probs, labels, out / "reliability.png", f"{result['dataset']}, temperature-scaled"

@@ -63,26 +63,31 @@
       name: "Mutual information",
       title: "How much the sub-models disagree",
       short: "disagreement",
+      scale: ["they agree", "they disagree"],
     },
     predictive_entropy: {
       name: "Predictive entropy",
       title: "How spread the model's answer is",
       short: "predictive entropy",
+      scale: ["one class", "spread over many"],
     },
     expected_entropy: {
       name: "Expected entropy",
       title: "How unsure each sub-model is on its own",
       short: "expected entropy",
+      scale: ["sure", "unsure"],
     },
   };
   const measureOf = (name) => MEASURES[name] ? name : "mutual_information";
+  // M=1 is a single network: no sub-models to show, compare or count.
+  const networkOf = (m) => (m === 1 ? "a single network" : `${m} sub-models`);
 
   function describeModel(m) {
     const measure = measureOf(m.uncertain_measure);
     const threshold = m.thresholds && m.thresholds[measure];
     const shape = m.input_shape.join("×");
     return (
-      `${m.ensemble_size} sub-models, ${m.labels.length} classes (${m.labels.slice(0, 10).join(" ")}` +
+      `${networkOf(m.ensemble_size)}, ${m.labels.length} classes (${m.labels.slice(0, 10).join(" ")}` +
       `${m.labels.length > 10 ? " …" : ""}), input ${shape}` +
       (threshold !== undefined ? `, ${MEASURES[measure].short} threshold ${fmt(threshold)} nats` : "")
     );
@@ -287,11 +292,13 @@
 
     const mean = new Array(k).fill(0);
     for (const c of p.top_k) mean[c.index] = c.probability;
+    const whose = m === 1 ? "The network's answer" : "The ensemble's answer";
+    $("votes-title").textContent = m === 1 ? "Its answer" : "Their votes";
     $("mean-chart").replaceChildren(
-      chart(mean, labels, "mean-chart", `The ensemble's answer: ${p.label}`, pct(p.probability), 300)
+      chart(mean, labels, "mean-chart", `${whose}: ${p.label}`, pct(p.probability), 300)
     );
     $("heads").replaceChildren(
-      ...heads.map((probs, h) => {
+      ...(m === 1 ? [] : heads).map((probs, h) => {
         const top = argmax(probs);
         const title = `Sub-model ${h + 1} votes ${labels[top]}`;
         return chart(probs, labels, "head-chart", title, pct(probs[top]), 160);
@@ -315,6 +322,7 @@
     const at = (x) => Math.min(1, Math.max(0, Math.log(Math.max(x, lo) / lo) / Math.log(hi / lo)));
     const above = value > threshold;
     $("gauge-title").textContent = MEASURES[measure].title;
+    [$("gauge-low").textContent, $("gauge-high").textContent] = MEASURES[measure].scale;
     $("gauge-fill").style.width = `${Math.max(1.5, 100 * at(value)).toFixed(1)}%`; // seen at 0
     $("gauge-fill").className = `gauge-fill ${above ? "above" : "below"}`;
     $("gauge-threshold").style.left = `${(100 * at(threshold)).toFixed(1)}%`;
@@ -386,19 +394,26 @@
   }
 
   function renderNumbers(p, m, measure) {
+    const single = m === 1; // the measures of sub-models are 0 by construction: not shown
     const rows = [
-      ["ensemble prediction", `${p.label} (${pct(p.probability)})`],
-      ["mutual information (sub-models' disagreement)", `${fmt(p.uncertainty.mutual_information)} nats`],
+      [single ? "prediction" : "ensemble prediction", `${p.label} (${pct(p.probability)})`],
+      ...(single
+        ? []
+        : [["mutual information (sub-models' disagreement)", `${fmt(p.uncertainty.mutual_information)} nats`]]),
       [`threshold (on ${MEASURES[measure].name.toLowerCase()})`, `${fmt(p.threshold)} nats`],
       ["uncertain", p.uncertain ? "yes" : "no"],
       ["predictive entropy (total)", `${fmt(p.uncertainty.predictive_entropy)} nats`],
-      ["expected entropy (each sub-model's own doubt)", `${fmt(p.uncertainty.expected_entropy)} nats`],
-      ["pairs of sub-models voting differently", pct(p.uncertainty.disagreement)],
-      ["sub-models", String(m)],
-      ...(p.members || []).map((h, i) => [
-        `sub-model ${i + 1}`,
-        `${h.label} (${pct(h.probability)}), KL to the mean ${fmt(h.kl_to_mean)} nats`,
-      ]),
+      ...(single
+        ? [["sub-models", "none: a single network"]]
+        : [
+            ["expected entropy (each sub-model's own doubt)", `${fmt(p.uncertainty.expected_entropy)} nats`],
+            ["pairs of sub-models voting differently", pct(p.uncertainty.disagreement)],
+            ["sub-models", String(m)],
+            ...(p.members || []).map((h, i) => [
+              `sub-model ${i + 1}`,
+              `${h.label} (${pct(h.probability)}), KL to the mean ${fmt(h.kl_to_mean)} nats`,
+            ]),
+          ]),
     ];
     $("numbers").replaceChildren(
       ...rows.map(([name, value]) => {

@@ -131,6 +131,7 @@ def test_api_answers_predict_raw_and_multipart_and_grpc(stack: Stack) -> None:
 def test_metrics_are_exposed(stack: Stack) -> None:
     text = httpx.get(f"{stack.api}/metrics").text
     assert 'mimo_model_info{ensemble_size="3",model="mnist",provider="cpu",version="1"} 1.0' in text
+    assert 'mimo_model_info{ensemble_size="1",model="mnist",provider="cpu",version="2"} 1.0' in text
     assert 'mimo_uncertain_predictions_total{model="digits",version="1"}' in text
 
 

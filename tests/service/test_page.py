@@ -1,6 +1,7 @@
 """The page at GET / (service/api/ui.py, service/static/): served files, and the page itself in
 a real browser (Debian's chromium, headless, through chromedriver) against the real service
-over a socket, serving the committed default model models/mnist/1.
+over a socket, serving the committed models: models/mnist/2 (the default, a single network
+flagged by predictive entropy) and models/mnist/1 (MIMO, M=3, flagged by mutual information).
 
 Screenshots of every state go to $MIMO_SCREENSHOT_DIR when set, else under pytest's tmp_path.
 """
@@ -201,6 +202,15 @@ class Page:
         )
         return self.find("#verdict").text
 
+    def choose(self, model: str) -> None:
+        """Pick `name/version` in the model list, as a person would, and wait for its line."""
+        from selenium.webdriver.support.ui import Select
+
+        before = self.find("#model-info").text
+        Select(self.find("#model")).select_by_value(model)
+        if self.find("#model-info").text == before:
+            self.until("the model's line", lambda d: self.find("#model-info").text != before)
+
     def press(self, *keys: str) -> None:
         """Keys to whatever has the focus, as a keyboard would send them."""
         from selenium.webdriver.common.action_chains import ActionChains
@@ -244,11 +254,16 @@ def test_page_loads_with_the_models(page: Page) -> None:
     assert page.driver.title.startswith("mimo-serve")
     select = page.find("#model")
     options = [o.text for o in select.find_elements(page.by.TAG_NAME, "option")]
-    assert options == ["mnist, version 1 (default)"]
-    assert select.get_attribute("value") == "mnist/1"
-    assert "3 sub-models" in page.find("#model-info").text
+    assert options == ["mnist, version 1", "mnist, version 2 (default)"]
+    assert select.get_attribute("value") == "mnist/2"
+    info = page.find("#model-info").text
+    assert (
+        info.startswith("a single network, 10 classes") and "predictive entropy threshold" in info
+    )
     assert page.find("#verdict").text == "No image yet."
     page.snap("01-loaded")
+    page.choose("mnist/1")
+    assert page.find("#model-info").text.startswith("3 sub-models, 10 classes")
 
 
 @pytest.mark.slow
@@ -261,9 +276,21 @@ def test_upload_a_real_mnist_digit(page: Page, tmp_path: Path) -> None:
     index = 1  # a 2 that every head recognises
     label = int(test.labels[index])
     verdict = page.upload(png_file(tmp_path / "mnist-test-1.png", test.images[index, 0]))
-    assert verdict == f"The three sub-models agree: this looks like a {label}."
+    # The default, a single network: its answer, no sub-models.
+    assert verdict == f"The model is sure: this looks like a {label}."
     assert page.find("#status").get_attribute("class") == "status agree"
     assert page.find("#gauge-fill").get_attribute("class") == "gauge-fill below"
+    assert page.find("#votes-title").text == "Its answer" and page.charts() == []
+    assert len(page.find_all("figure.mean-chart rect.bar")) == 10
+    numbers = page.find("#numbers").get_attribute("textContent")
+    assert "none: a single network" in numbers and "mutual information" not in numbers
+    page.snap("02-mnist-digit-single")
+
+    # MIMO (mnist/1), chosen in the list: the same image again, and each sub-model's vote.
+    page.choose("mnist/1")
+    page.until("the sub-models' answer", lambda d: len(page.charts()) == 3)
+    assert page.find("#verdict").text == f"The three sub-models agree: this looks like a {label}."
+    assert page.find("#votes-title").text == "Their votes"
     charts = page.charts()
     assert len(charts) == 3 and all(len(bars) == 10 for bars in charts)
     for bars in charts:  # each head's highest bar is the digit's
@@ -286,8 +313,7 @@ def test_draw_a_one(page: Page) -> None:
     strokes.release().perform()
     verdict = page.answer()  # sent by itself when the pen is lifted
     assert "your drawing" in page.find("#sent-caption").text
-    assert verdict == "The three sub-models agree: this looks like a 1."
-    assert len(page.charts()) == 3
+    assert verdict == "The model is sure: this looks like a 1."
     page.snap("03-drawn-one")
 
     # Cleared, there is nothing to send: the page says so and asks nothing.
@@ -339,14 +365,28 @@ def test_a_drawing_is_sent_as_training_draws_it(page: Page) -> None:
 
 @pytest.mark.slow
 def test_noise_is_flagged_uncertain(page: Page, tmp_path: Path) -> None:
+    """Worded for the measure that flags it: the default's spread answer (predictive entropy),
+    MIMO's disagreeing sub-models (mutual information), never the one for the other."""
     noise = np.random.default_rng(7).integers(0, 256, (28, 28))
     verdict = page.upload(png_file(tmp_path / "noise.png", noise))
-    assert verdict == "The sub-models disagree: the model is not sure this is a digit it knows."
+    expected = "The model is not sure this is a digit it knows: its answer is spread"
+    assert verdict.startswith(expected)
     assert page.find("#status").get_attribute("class") == "status disagree"
     assert page.find("#gauge-fill").get_attribute("class") == "gauge-fill above"
+    assert page.find("#gauge-title").text == "How spread the model's answer is"
+    assert page.find("#gauge-text").text.startswith("Predictive entropy ")
     assert "above the model's threshold" in page.find("#gauge-text").text
-    assert len(page.charts()) == 3
-    page.snap("04-noise")
+    assert page.find("#gauge-high").text == "spread over many"
+    page.snap("04-noise-single")
+
+    page.choose("mnist/1")
+    page.until("the sub-models' answer", lambda d: len(page.charts()) == 3)
+    verdict = page.find("#verdict").text
+    assert verdict == "The sub-models disagree: the model is not sure this is a digit it knows."
+    assert page.find("#gauge-title").text == "How much the sub-models disagree"
+    assert page.find("#gauge-high").text == "they disagree"
+    assert page.find("#gauge-fill").get_attribute("class") == "gauge-fill above"
+    page.snap("04-noise-mimo")
 
 
 @pytest.mark.slow
@@ -367,6 +407,7 @@ def test_api_errors_are_shown_in_the_apis_words(page: Page, server: str, tmp_pat
 def test_examples_work_from_the_keyboard(page: Page) -> None:
     from selenium.webdriver.common.keys import Keys
 
+    page.choose("mnist/1")  # its "Their votes" for the ambiguous example
     target = page.find("button.example[data-src$='clear.png']")
     page.find("h1").click()  # the focus starts on the page, not in a control
     for _ in range(40):  # Tab through the page until the example has the focus
@@ -404,7 +445,7 @@ def test_phone_width(page: Page) -> None:
         assert overflow <= 0, f"the page is {overflow} px wider than a phone"
         width = page.find("#pad").rect["width"]
         assert 200 <= width <= 280
-        assert len(page.charts()) == 3
+        assert len(page.find_all("figure.mean-chart rect.bar")) == 10
         page.snap("08-phone")
     finally:
         page.driver.set_window_size(size["width"], size["height"])
@@ -420,47 +461,13 @@ def test_api_key_typed_into_the_page(page: Page, tmp_path_factory: pytest.TempPa
         assert "answered 401" in page.find("#model-info").text
         assert "Enter the API key" in page.find("#model-info").text
         page.find("#api-key").send_keys("open-sesame", Keys.TAB)  # change event
-        page.until("the model list", lambda d: "3 sub-models" in page.find("#model-info").text)
+        page.until("the model list", lambda d: "single network" in page.find("#model-info").text)
         page.find("button.example[data-src$='clear.png']").click()
-        assert page.answer() == "The three sub-models agree: this looks like a 7."
+        assert page.answer() == "The model is sure: this looks like a 7."
         # Kept for the tab's session: a reload still has it.
         page.open(url)
         assert page.find("#api-key").get_attribute("value") == "open-sesame"
-        assert "3 sub-models" in page.find("#model-info").text
-    finally:
-        process.stop()
-
-
-@pytest.mark.slow
-def test_a_model_flagging_by_entropy_is_worded_for_it(
-    browser, screenshots: Path, tmp_path: Path
-) -> None:
-    """A model whose file says mimo.uncertain_measure=predictive_entropy: the verdict and the
-    gauge speak of the spread answer, never of sub-models that disagree."""
-    import shutil
-
-    import onnx
-
-    repo = tmp_path / "models"
-    shutil.copytree(ROOT / "models" / "mnist", repo / "mnist")
-    path = repo / "mnist" / "1" / "model.onnx"
-    proto = onnx.load(path)
-    proto.metadata_props.add(key="mimo.uncertain_measure", value="predictive_entropy")
-    onnx.save(proto, path)
-    port = free_port()
-    environment = service_env(repo, port, MIMO_DEFAULT_MODEL="mnist", MIMO_GRPC_PORT="0")
-    process = start_service(SERVICE, environment, ROOT, tmp_path / "server.log")
-    try:
-        page = Page(browser, f"http://127.0.0.1:{port}", screenshots)
-        page.open()
-        assert "predictive entropy threshold" in page.find("#model-info").text
-        noise = np.random.default_rng(7).integers(0, 256, (28, 28))
-        verdict = page.upload(png_file(tmp_path / "noise.png", noise))
-        expected = "The model is not sure this is a digit it knows: its answer is spread"
-        assert verdict.startswith(expected)
-        assert page.find("#gauge-title").text == "How spread the model's answer is"
-        assert page.find("#gauge-text").text.startswith("Predictive entropy ")
-        page.snap("09-entropy-flag")
+        assert "single network" in page.find("#model-info").text
     finally:
         process.stop()
 

@@ -26,6 +26,7 @@ from training.evaluate import SCORES, classification_metrics, evaluate, load_che
 from training.export import export
 from training.ood import EVALUATION_FAMILIES, TRAINING_FAMILIES
 from training.predictor import OnnxPredictor, as_float
+from training.report import markdown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LIMITS = ["--corruption-limit", "24", "--ood-count", "24"]
@@ -248,6 +249,17 @@ def test_cli_writes_metrics_report_and_diagram(
     assert all(name in report for name in CORRUPTIONS)
     assert all(f"| {name} |" in report for name in OOD_SETS)
     assert "![reliability diagram](reliability.png)" in report
+    assert "`uncertain` flags mutual information (the heads' disagreement) above" in report
+
+    # A model flagged by another measure gets a report whose `uncertain` column is that one's.
+    flagged = result["clean"]["flagged"]
+    assert set(flagged) == set(SCORES) and all(0 <= v <= 1 for v in flagged.values())
+    by_entropy = markdown(result, "predictive_entropy")
+    assert "`uncertain` flags predictive entropy (of the heads' mean) above" in by_entropy
+    assert f"| in-distribution test | | | | {flagged['predictive_entropy']:.3f} |" in by_entropy
+    blank = result["ood"]["blank"]
+    row = next(line for line in by_entropy.splitlines() if line.startswith("| blank |"))
+    assert row.endswith(f" | {blank['flagged']['predictive_entropy']:.3f} |")
 
     png = out / "reliability.png"
     assert png.read_bytes()[:8] == PNG_MAGIC

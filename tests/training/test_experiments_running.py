@@ -1,10 +1,10 @@
-"""What the runner reads back from a training's log."""
+"""What the runner reads back from a training's log, and the recipe it trains by default."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from training.experiments.running import train_log
+from training.experiments.running import DEFAULT_RECIPE, command_line, train_log
 
 
 def test_train_log_sums_epochs_and_reads_the_parameter_count(tmp_path: Path) -> None:
@@ -23,3 +23,15 @@ def test_train_log_sums_epochs_and_reads_the_parameter_count(tmp_path: Path) -> 
     seconds, parameters = train_log(log)
     assert seconds == 398.0
     assert parameters == 471_166
+
+
+def test_default_model_reproduces_the_shipped_default_and_each_option_replaces_its_part() -> None:
+    args = command_line().parse_args(["default-model", "--data-dir", "mnist"])
+    assert {key: getattr(args, key) for key in DEFAULT_RECIPE} == DEFAULT_RECIPE
+    assert DEFAULT_RECIPE["version"] == max(
+        int(p.name) for p in (Path(__file__).parents[2] / "models" / "mnist").iterdir()
+    )
+    v1 = ["--config", "w1-m3-rho0-outlier", "--seed", "0", "--version", "1"]
+    args = command_line().parse_args(["default-model", "--data-dir", "mnist", *v1])
+    assert (args.config, args.seed, args.version) == ("w1-m3-rho0-outlier", 0, 1)
+    assert args.outlier_families == DEFAULT_RECIPE["outlier_families"]

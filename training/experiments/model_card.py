@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.contract import DEFAULT_UNCERTAIN_MEASURE
+from service.contract import DEFAULT_UNCERTAIN_MEASURE, MEASURE_WORDS
 
 OUTLIER_WORDS = {
     "smooth_noise": "synthetic smooth-noise images",
@@ -14,11 +14,6 @@ OUTLIER_WORDS = {
 LOSS_WORDS = {
     "agreement": "the outlier-disagreement loss",
     "uniform": "outlier exposure (each head's cross-entropy to the uniform distribution)",
-}
-MEASURE_WORDS = {
-    "mutual_information": "mutual information (the heads' disagreement)",
-    "predictive_entropy": "predictive entropy (of the heads' mean)",
-    "expected_entropy": "expected entropy (the heads' own doubt)",
 }
 
 
@@ -70,6 +65,7 @@ def model_card(
         else "A single network (M=1), a small CNN"
     )
     flagged = ood.get("flagged", {}).get(measure, ood["uncertain_fraction"])
+    digits_flagged = clean.get("flagged", {}).get(measure, clean["uncertain_fraction"])
     auroc = ood.get(measure, ood["mutual_information"])["auroc"]
     wrong = metrics.get("misclassification", {}).get("corrupted", {}).get(measure)
     wrong_lines = (
@@ -100,7 +96,7 @@ polarity). One forward pass gives {m} prediction{"s" if m > 1 else ""}.
 {metrics["clean_calibrated"]["ece"]:.4f} |
 | corrupted accuracy / NLL / ECE | {100 * corrupted["accuracy"]:.2f}% / {corrupted["nll"]:.4f} \
 / {corrupted["ece"]:.4f} |
-{wrong_lines}| test digits flagged `uncertain` | {100 * clean["uncertain_fraction"]:.1f}% |
+{wrong_lines}| test digits flagged `uncertain` | {100 * digits_flagged:.1f}% |
 | held-out OOD flagged `uncertain` (mean over families) | {100 * flagged:.1f}% |
 | OOD AUROC by the flag's measure (mean) | {auroc:.3f} |
 {drawn_lines(drawn)}
