@@ -8,7 +8,7 @@ model trained with `pen_strokes`, the `HELD_OUT` that no model trains on) `--han
 the pointer: press, move, lift, stroke after stroke. The page sends the drawing by itself when
 the pen stays up, as it does for a person; the verdict is read off the page.
 
-    python -m benchmarks.page_drawings --model models/mnist/1/model.onnx --out drawn-page.json
+    python -m benchmarks.page_drawings --model models/mnist/2/model.onnx --out drawn-page.json
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def summarize(group: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--model", type=Path, default=ROOT / "models" / "mnist" / "1" / "model.onnx"
+        "--model", type=Path, default=ROOT / "models" / "mnist" / "2" / "model.onnx"
     )
     parser.add_argument("--hands", type=int, default=3, help="drawings of each shape")
     parser.add_argument("--seed", type=int, default=0)

@@ -31,6 +31,7 @@ from training.data import load_dataset
 from training.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
+# The MIMO model: the ambiguous example is one its heads split on (the page shows their votes).
 DEFAULT_MODEL = ROOT / "models" / "mnist" / "1" / "model.onnx"
 DEFAULT_OUT = ROOT / "service" / "static" / "examples"
 SIZE = 28
