@@ -53,7 +53,7 @@ from training.config import PRESETS
 from training.conversion import OPSET, to_onnx_bytes
 from training.models import MimoNetwork, build_network
 
-MNIST = PRESETS["mnist"]  # the default model's recipe (models/mnist/1)
+MNIST = PRESETS["mnist"]  # the shipped models' network and recipe (models/mnist/1 and 2)
 
 
 @dataclass(frozen=True)

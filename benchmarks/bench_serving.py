@@ -46,6 +46,7 @@ from benchmarks.common import machine_info, service_session, time_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+# The MIMO model (M=3): what the one-forward-pass claim is about, and every committed run.
 DEFAULT_MODEL = ROOT / "models" / "mnist" / "1" / "model.onnx"
 DEFAULT_IMAGE = ROOT / "service" / "static" / "examples" / "clear.png"
 

@@ -134,11 +134,8 @@ def measure(model: Path, hands: int, seed: int) -> dict[str, Any]:
                 from selenium.webdriver.common.by import By
                 from selenium.webdriver.support.ui import WebDriverWait
 
-                WebDriverWait(driver, WAIT_S).until(
-                    lambda d: (
-                        d.find_element(By.ID, "model-info").text.startswith("mnist")
-                        or "sub-models" in d.find_element(By.ID, "model-info").text
-                    )
+                WebDriverWait(driver, WAIT_S).until(  # the model's line: "3 sub-models, ..."
+                    lambda d: " classes (" in d.find_element(By.ID, "model-info").text
                 )
                 out: dict[str, Any] = {"model": str(model), "hands_per_shape": hands, "seed": seed}
                 for group, shapes in GROUPS.items():

@@ -2,7 +2,7 @@
 
 Every grid run left docs/results/grid/<config>-s<seed>.json; deep ensembles left
 docs/results/grid/w<width>-ensemble3-<seeds>.json; the 12-epoch deterministic baseline
-docs/results/baseline/det12-s0.json; the default model its models/mnist/1/metrics.json.
+docs/results/baseline/det12-s0.json; the first default model (MIMO) its models/mnist/1/metrics.json.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def headline_section(baseline: Path, default: Path) -> list[str]:
     """The default model against a deterministic network trained as long (one seed each)."""
     pairs = [
         ("deterministic (M=1), 12 epochs", baseline),
-        ("default model (models/mnist/1): MIMO M=3 + outlier loss, 12 epochs", default),
+        ("models/mnist/1 (the first default): MIMO M=3 + outlier loss, 12 epochs", default),
     ]
     found = []
     for title, path in pairs:
