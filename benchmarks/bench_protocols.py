@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--http", default="127.0.0.1:8000", help="HTTP host:port")
     parser.add_argument("--grpc", default="127.0.0.1:8001", help="gRPC host:port")
     parser.add_argument("--model", default="mnist", help="model name")
+    parser.add_argument(
+        "--version", default="1", help="model version ('': the server's newest); 1: MIMO, M=3"
+    )
     parser.add_argument("--requests", type=int, default=1000, help="calls per measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--batch", type=int, default=1, help="images per call")
@@ -63,18 +66,20 @@ def make_input(protocol: str, images: np.ndarray) -> Any:
 async def measure(
     protocol: str,
     where: str,
-    model: str,
+    model: tuple[str, str],
     images: np.ndarray,
     requests: int,
     concurrency: int,
     warmup: int,
 ) -> dict[str, float]:
-    """requests/s and latency percentiles of `requests` calls, `concurrency` at a time."""
+    """requests/s and latency percentiles of `requests` calls, `concurrency` at a time, to
+    `model` (name, version)."""
+    name, version = model
     client = make_client(protocol, where, concurrency)
     tensor = make_input(protocol, images)
     try:
         for _ in range(warmup):
-            await client.infer(model, [tensor])
+            await client.infer(name, [tensor], model_version=version)
         latencies: list[float] = []
         left = requests
 
@@ -83,7 +88,7 @@ async def measure(
             while left > 0:
                 left -= 1
                 started = time.perf_counter()
-                await client.infer(model, [tensor])
+                await client.infer(name, [tensor], model_version=version)
                 latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
@@ -99,17 +104,17 @@ async def measure(
     }
 
 
-async def input_shape(where: str, model: str) -> list[int]:
+async def input_shape(where: str, model: str, version: str) -> list[int]:
     client = grpc_aio.InferenceServerClient(where)
     try:
-        meta = await client.get_model_metadata(model, as_json=True)
+        meta = await client.get_model_metadata(model, version, as_json=True)
     finally:
         await client.close()
     return [int(d) for d in meta["inputs"][0]["shape"][1:]]
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    shape = await input_shape(args.grpc, args.model)
+    shape = await input_shape(args.grpc, args.model, args.version)
     images = np.random.default_rng(0).random((args.batch, *shape), dtype=np.float32)
     where = {"http": args.http, "grpc": args.grpc}
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
@@ -117,7 +122,13 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for c in args.concurrency:
             for protocol in PROTOCOLS:
                 result = await measure(
-                    protocol, where[protocol], args.model, images, args.requests, c, args.warmup
+                    protocol,
+                    where[protocol],
+                    (args.model, args.version),
+                    images,
+                    args.requests,
+                    c,
+                    args.warmup,
                 )
                 runs.setdefault((protocol, c), []).append(result)
     rows = []

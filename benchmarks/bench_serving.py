@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.common import machine_info, service_session, time_calls
+from benchmarks.common import lone_repository, machine_info, service_session, time_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -71,7 +71,7 @@ def servers(
     model: Path, port: int, threads: int, trees: list[Path] | None = None
 ) -> dict[str, Server]:
     """Every server the benchmark knows, listening on `port`."""
-    repo = model.parent.parent.parent  # <repo>/<name>/<version>/model.onnx
+    repo = lone_repository(model)  # (models/ would answer with its newest version)
     name = model.parent.parent.name
     base = {k: v for k, v in os.environ.items() if not k.startswith("MIMO_")}
     mimo = base | {

@@ -16,9 +16,13 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,6 +82,19 @@ def time_calls(
 def percentile(values: Sequence[float], q: float) -> float:
     """The `q`th percentile (0 to 100) of `values`, interpolated linearly; NaN when empty."""
     return float(np.percentile(np.asarray(values, np.float64), q)) if len(values) else float("nan")
+
+
+@functools.cache
+def lone_repository(model: Path) -> Path:
+    """A model repository holding only `model` (a <repo>/<name>/<version>/model.onnx), in a
+    temporary folder removed at exit: a service started on it answers with that very file, not
+    with a newer version beside it (the default is the highest version)."""
+    repo = Path(tempfile.mkdtemp(prefix="mimo-bench-models-"))
+    atexit.register(shutil.rmtree, repo, True)
+    target = repo / model.parent.parent.name / model.parent.name
+    target.mkdir(parents=True)
+    shutil.copy2(model, target / "model.onnx")
+    return repo
 
 
 def cores() -> int:

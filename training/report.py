@@ -6,10 +6,6 @@ import io
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt
 import numpy as np
 
 from service.contract import DEFAULT_UNCERTAIN_MEASURE, MEASURE_WORDS
@@ -19,6 +15,11 @@ from training.metrics import reliability_bins
 
 
 def reliability_diagram(probs: np.ndarray, labels: np.ndarray, path: Path, title: str) -> None:
+    import matplotlib  # (here: the report's text needs none of it)
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
     bins = reliability_bins(probs, labels, n_bins=15)
     centers = (bins.edges[:-1] + bins.edges[1:]) / 2
     width = bins.edges[1] - bins.edges[0]
@@ -61,9 +62,19 @@ def _row(name: str, r: dict[str, Any]) -> str:
     )
 
 
-def _flagged(r: dict[str, Any], measure: str) -> float:
-    """The share `uncertain` flags by `measure` (records before per-measure shares: MI's)."""
-    return r.get("flagged", {}).get(measure, r["uncertain_fraction"])
+def flagged_share(r: dict[str, Any], measure: str) -> float | None:
+    """The share of a record's images (an OOD set, the clean test set, their mean) that the
+    flag raises when it uses `measure`; None where the record does not say (records written
+    before per-measure shares have mutual information's only, as `uncertain_fraction`)."""
+    shares = r.get("flagged", {})
+    if measure in shares:
+        return float(shares[measure])
+    return r.get("uncertain_fraction") if measure == DEFAULT_UNCERTAIN_MEASURE else None
+
+
+def _share(r: dict[str, Any], measure: str) -> str:
+    share = flagged_share(r, measure)
+    return "–" if share is None else f"{share:.3f}"
 
 
 def markdown(result: dict[str, Any], measure: str = DEFAULT_UNCERTAIN_MEASURE) -> str:
@@ -107,8 +118,8 @@ def markdown(result: dict[str, Any], measure: str = DEFAULT_UNCERTAIN_MEASURE) -
             f"{r[s]['auroc']:.3f} / {r[s]['aupr']:.3f} / {r[s]['fpr_at_95_tpr']:.3f}"
             for s in ("mutual_information", "predictive_entropy", "max_probability")
         )
-        lines.append(f"| {name} | {cells} | {_flagged(r, measure):.3f} |")
-    lines.append(f"| in-distribution test | | | | {_flagged(result['clean'], measure):.3f} |")
+        lines.append(f"| {name} | {cells} | {_share(r, measure)} |")
+    lines.append(f"| in-distribution test | | | | {_share(result['clean'], measure)} |")
     inf = result["inference"]
     lines += [
         "",

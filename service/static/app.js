@@ -244,8 +244,9 @@
     const digits = labels.every((l) => /^[0-9]$/.test(l));
     const known = digits ? "a digit it knows" : "one of the things it knows";
     const votes = (p.members || []).map((h) => h.label);
-    // "the sub-models agree / disagree" is what mutual information measures, and only that
-    const heads = measure === "mutual_information";
+    // "the sub-models agree / disagree" is what mutual information measures, and only that,
+    // and only where there are sub-models
+    const heads = measure === "mutual_information" && m > 1;
     if (!p.uncertain) {
       return {
         verdict: heads
@@ -394,19 +395,24 @@
   }
 
   function renderNumbers(p, m, measure) {
-    const single = m === 1; // the measures of sub-models are 0 by construction: not shown
+    // A single network's sub-model measures say nothing (mutual information 0, expected entropy
+    // the predictive one): shown only when the model's flag uses one of them.
+    const single = m === 1;
+    const shown = (name) => !single || measure === name;
     const rows = [
       [single ? "prediction" : "ensemble prediction", `${p.label} (${pct(p.probability)})`],
-      ...(single
-        ? []
-        : [["mutual information (sub-models' disagreement)", `${fmt(p.uncertainty.mutual_information)} nats`]]),
+      ...(shown("mutual_information")
+        ? [["mutual information (sub-models' disagreement)", `${fmt(p.uncertainty.mutual_information)} nats`]]
+        : []),
       [`threshold (on ${MEASURES[measure].name.toLowerCase()})`, `${fmt(p.threshold)} nats`],
       ["uncertain", p.uncertain ? "yes" : "no"],
       ["predictive entropy (total)", `${fmt(p.uncertainty.predictive_entropy)} nats`],
+      ...(shown("expected_entropy")
+        ? [["expected entropy (each sub-model's own doubt)", `${fmt(p.uncertainty.expected_entropy)} nats`]]
+        : []),
       ...(single
         ? [["sub-models", "none: a single network"]]
         : [
-            ["expected entropy (each sub-model's own doubt)", `${fmt(p.uncertainty.expected_entropy)} nats`],
             ["pairs of sub-models voting differently", pct(p.uncertainty.disagreement)],
             ["sub-models", String(m)],
             ...(p.members || []).map((h, i) => [

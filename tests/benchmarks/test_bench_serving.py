@@ -36,3 +36,21 @@ def test_runs_on_a_tiny_setting(
     mimo = next(r for r in rows if r["server"] == "mimo")
     low, high = mimo["vs_trivial_range"]
     assert mimo["runs"] == 2 and low <= mimo["vs_trivial"] <= high
+
+
+def test_the_service_is_started_on_the_chosen_file_alone(
+    model_repository: Path, tmp_path: Path
+) -> None:
+    """Beside a newer version, the file asked for is still the one served (the service answers
+    a request that names no version with the highest)."""
+    from benchmarks.common import lone_repository
+
+    for version in ("1", "2"):
+        shutil.copytree(model_repository / "digits" / "1", tmp_path / "digits" / version)
+    chosen = tmp_path / "digits" / "1" / "model.onnx"
+    repo = lone_repository(chosen)
+    assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()) == [
+        "digits/1/model.onnx"
+    ]
+    assert (repo / "digits" / "1" / "model.onnx").read_bytes() == chosen.read_bytes()
+    assert lone_repository(chosen) == repo  # one copy per file and run

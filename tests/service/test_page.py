@@ -472,6 +472,42 @@ def test_api_key_typed_into_the_page(page: Page, tmp_path_factory: pytest.TempPa
         process.stop()
 
 
+@pytest.mark.slow
+def test_a_mimo_model_flagging_by_entropy_is_worded_for_it(
+    browser, screenshots: Path, tmp_path: Path
+) -> None:
+    """Sub-models, but a file that says mimo.uncertain_measure=predictive_entropy: the verdict
+    and the gauge speak of the spread answer, never of sub-models that disagree."""
+    import shutil
+
+    import onnx
+
+    repo = tmp_path / "models"
+    shutil.copytree(ROOT / "models" / "mnist" / "1", repo / "mnist" / "1")
+    path = repo / "mnist" / "1" / "model.onnx"
+    proto = onnx.load(path)
+    proto.metadata_props.add(key="mimo.uncertain_measure", value="predictive_entropy")
+    onnx.save(proto, path)
+    port = free_port()
+    environment = service_env(repo, port, MIMO_DEFAULT_MODEL="mnist", MIMO_GRPC_PORT="0")
+    process = start_service(SERVICE, environment, ROOT, tmp_path / "server.log")
+    try:
+        page = Page(browser, f"http://127.0.0.1:{port}", screenshots)
+        page.open()
+        info = page.find("#model-info").text
+        assert info.startswith("3 sub-models") and "predictive entropy threshold" in info
+        noise = np.random.default_rng(7).integers(0, 256, (28, 28))
+        verdict = page.upload(png_file(tmp_path / "noise.png", noise))
+        expected = "The model is not sure this is a digit it knows: its answer is spread"
+        assert verdict.startswith(expected)
+        assert page.find("#gauge-title").text == "How spread the model's answer is"
+        assert page.find("#gauge-text").text.startswith("Predictive entropy ")
+        assert len(page.charts()) == 3  # each sub-model's vote is still shown
+        page.snap("09-mimo-entropy-flag")
+    finally:
+        process.stop()
+
+
 def test_page_lists_the_formats_the_server_decodes(client: TestClient) -> None:
     """The page's file chooser is filled from service.preprocess, never written by hand."""
     from service.preprocess import IMAGE_FORMATS, MEDIA_TYPES

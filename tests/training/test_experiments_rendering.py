@@ -111,6 +111,7 @@ def test_model_card_states_the_recipe_and_the_numbers() -> None:
     assert "outlier-disagreement loss" in card
     assert "about 30 minutes" in card
     assert "mutual information (the heads' disagreement)" in card
+    assert "| test digits flagged `uncertain` | 4.0% |" in card  # (an old record: MI's share)
 
 
 def test_model_card_follows_the_loss_the_flag_and_the_drawings() -> None:
@@ -129,6 +130,13 @@ def test_model_card_follows_the_loss_the_flag_and_the_drawings() -> None:
     assert "10 % more of each step are digits drawn" in card
     assert "predictive entropy (of the heads' mean)\n  > 0.25" in card
     assert "| 98.0% / 82.0% |" in card and "| 100.0% / 96.7% |" in card
+    # Shares flagged by the flag's own measure: never mutual information's under its name.
+    assert "| test digits flagged `uncertain` | not measured |" in card
+    m["clean"]["flagged"] = {"predictive_entropy": 0.045}
+    m["ood_mean"]["flagged"] = {"predictive_entropy": 0.97}
+    card = model_card(m, 2, "make default-model", 30, "predictive_entropy", drawn)
+    assert "| test digits flagged `uncertain` | 4.5% |" in card
+    assert "| held-out OOD flagged `uncertain` (mean over families) | 97.0% |" in card
 
 
 def scored(m: dict[str, Any], wrong_auroc: float, ood_auroc: float) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.contract import DEFAULT_UNCERTAIN_MEASURE, MEASURE_WORDS
+from training.report import flagged_share
 
 OUTLIER_WORDS = {
     "smooth_noise": "synthetic smooth-noise images",
@@ -64,8 +65,10 @@ def model_card(
         if m > 1
         else "A single network (M=1), a small CNN"
     )
-    flagged = ood.get("flagged", {}).get(measure, ood["uncertain_fraction"])
-    digits_flagged = clean.get("flagged", {}).get(measure, clean["uncertain_fraction"])
+    flagged, digits_flagged = (
+        "not measured" if share is None else f"{100 * share:.1f}%"
+        for share in (flagged_share(ood, measure), flagged_share(clean, measure))
+    )
     auroc = ood.get(measure, ood["mutual_information"])["auroc"]
     wrong = metrics.get("misclassification", {}).get("corrupted", {}).get(measure)
     wrong_lines = (
@@ -96,8 +99,8 @@ polarity). One forward pass gives {m} prediction{"s" if m > 1 else ""}.
 {metrics["clean_calibrated"]["ece"]:.4f} |
 | corrupted accuracy / NLL / ECE | {100 * corrupted["accuracy"]:.2f}% / {corrupted["nll"]:.4f} \
 / {corrupted["ece"]:.4f} |
-{wrong_lines}| test digits flagged `uncertain` | {100 * digits_flagged:.1f}% |
-| held-out OOD flagged `uncertain` (mean over families) | {100 * flagged:.1f}% |
+{wrong_lines}| test digits flagged `uncertain` | {digits_flagged} |
+| held-out OOD flagged `uncertain` (mean over families) | {flagged} |
 | OOD AUROC by the flag's measure (mean) | {auroc:.3f} |
 {drawn_lines(drawn)}
 Per family and per corruption: [report.md](report.md); calibration:

@@ -255,20 +255,25 @@ def command_line() -> argparse.ArgumentParser:
 
     p = sub.add_parser("default-model", help="train, evaluate and export models/mnist/<version>")
     p.add_argument("--data-dir", required=True)
-    p.add_argument("--config", help="a grid configuration name")
+    # Each option left out takes the default model's value (DEFAULT_RECIPE), outliers and drawn
+    # digits included: a grid row as the grid trained it needs `--outlier-families smooth_noise
+    # --drawn-digit-fraction 0`.
+    p.add_argument("--config", help="a grid configuration name (default: the default model's)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seed", type=int)
     p.add_argument("--version", type=int)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument(
         "--outlier-families",
-        help="the outlier loss's families, comma-separated (default: the configuration's, "
-        "smooth_noise); smooth_noise,pen_strokes adds drawings made as on the web page",
+        help="the outlier loss's families, comma-separated (default: the default model's, "
+        "smooth_noise,pen_strokes: smooth noise and drawings made as on the web page; the grid "
+        "trains on smooth_noise alone)",
     )
     p.add_argument(
         "--drawn-digit-fraction",
         type=float,
-        help="labelled digits drawn as on the web page, as a share of each step's images",
+        help="labelled digits drawn as on the web page, as a share of each step's images "
+        "(default: the default model's, 0.1; the grid's is 0)",
     )
     p.add_argument(
         "--repository",
