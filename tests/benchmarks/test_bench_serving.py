@@ -3,10 +3,13 @@ compares, loads them with hey and prints the table (it asserts no timing, nor do
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
+from support import ROOT
 
 
 @pytest.mark.skipif(shutil.which("hey") is None, reason="needs hey (Debian package hey)")
@@ -43,7 +46,13 @@ def test_the_service_is_started_on_the_chosen_file_alone(
 ) -> None:
     """Beside a newer version, the file asked for is still the one served (the service answers
     a request that names no version with the highest)."""
-    from benchmarks.common import lone_repository
+    # (by path: on pytest's path, `benchmarks` is this folder, tests/benchmarks)
+    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "benchmarks" / "common.py")
+    assert spec and spec.loader
+    common = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = common  # (its dataclasses look their module up there)
+    spec.loader.exec_module(common)
+    lone_repository = common.lone_repository
 
     for version in ("1", "2"):
         shutil.copytree(model_repository / "digits" / "1", tmp_path / "digits" / version)
