@@ -46,7 +46,7 @@ import httpx
 import numpy as np
 
 from benchmarks.bench_serving import free_port, hey, stop
-from benchmarks.common import machine_info, service_session, time_calls
+from benchmarks.common import lone_repository, machine_info, service_session, time_calls
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -313,7 +313,7 @@ def agreement(gpu: Served, cpu: Served, images: list[bytes], tolerance: float) -
 def tensorrt_refused(work: Path) -> dict[str, Any]:
     """MIMO_PROVIDERS=tensorrt without TensorRT: the model must be refused, not served on
     CUDA or the CPU in its place."""
-    server = start("mnist@tensorrt", MNIST.parents[2], "mnist", "tensorrt", work, {})
+    server = start("mnist@tensorrt", lone_repository(MNIST), "mnist", "tensorrt", work, {})
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and server.process.poll() is None:
@@ -633,7 +633,7 @@ def main(argv: list[str] | None = None) -> None:
     started: list[Served] = []
     checks = report.data.setdefault("checks", {})
     with servers_stopped(started, report):
-        repos = {"mnist": MNIST.parents[2]}
+        repos = {"mnist": lone_repository(MNIST)}  # (models/ would serve its newest, M=1)
         started += [start(f"mnist@{p}", repos["mnist"], "mnist", p, work, {}) for p in providers]
         made = step(report, deadline, "build the CIFAR-size models", 60, lambda: make_cifar(work))
         if made:
