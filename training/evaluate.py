@@ -55,15 +55,6 @@ def classification_metrics(
     }
 
 
-def flagged_shares(scores: dict[str, np.ndarray], flag_at: dict[str, float]) -> dict[str, float]:
-    """Per signal with a threshold: the share of images it flags."""
-    return {
-        score: float((scores[score] > flag_at[score]).mean())
-        for score in SCORES
-        if score in flag_at
-    }
-
-
 def misclassification(
     scores: dict[str, np.ndarray], correct: np.ndarray, thresholds: dict[str, float]
 ) -> dict[str, Any]:
@@ -111,7 +102,7 @@ def evaluate(
     )
     # (an exported model's contract has the measures' thresholds only: no max-probability one)
     flag_at = calibration.get("score_thresholds", calibration["thresholds"])
-    result["clean"]["flagged"] = flagged_shares(in_scores, flag_at)
+    result["clean"]["flagged"] = metrics.flagged_shares(in_scores, flag_at)
     result["misclassification"] = {"clean": misclassification(in_scores, correct, flag_at)}
 
     # Corrupted: every corruption at 5 severities on the same (first) test images.
@@ -198,7 +189,7 @@ def ood_entry(
         score: metrics.ood_metrics(in_scores[score], out_scores[score]) for score in SCORES
     }
     entry["uncertain_fraction"] = float((out_scores["mutual_information"] > mi_threshold).mean())
-    entry["flagged"] = flagged_shares(out_scores, flag_at)
+    entry["flagged"] = metrics.flagged_shares(out_scores, flag_at)
     return entry
 
 

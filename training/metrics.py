@@ -233,3 +233,8 @@ def selective_metrics(scores: np.ndarray, correct: np.ndarray) -> dict[str, Any]
         k = max(1, math.ceil(coverage * s.size - 1e-9))
         out[f"accuracy_at_{round(coverage * 100)}"] = float(1.0 - errors[k - 1] / k)
     return out
+
+
+def flagged_shares(scores: dict[str, np.ndarray], thresholds: dict[str, float]) -> dict[str, float]:
+    """Per signal with a threshold: the share of images whose score is above it."""
+    return {s: float((scores[s] > t).mean()) for s, t in thresholds.items() if s in scores}

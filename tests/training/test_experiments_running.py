@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.experiments.running import DEFAULT_RECIPE, command_line, train_log
+from training.experiments.default_model import DEFAULT_RECIPE
+from training.experiments.running import command_line
+from training.experiments.steps import train_log
 
 
 def test_train_log_sums_epochs_and_reads_the_parameter_count(tmp_path: Path) -> None:

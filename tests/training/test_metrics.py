@@ -12,6 +12,7 @@ from training.metrics import (
     ece,
     ensemble_nll,
     fit_temperature,
+    flagged_shares,
     log_softmax,
     ood_metrics,
     percentile_thresholds,
@@ -184,3 +185,9 @@ def test_selective_metrics_perfect_and_error_free() -> None:
     assert right["accuracy_at_90"] == 1.0
     with pytest.raises(ValueError, match="as many scores as answers"):
         selective_metrics(np.zeros(3), np.ones(2, bool))
+
+
+def test_flagged_shares_counts_scores_strictly_above_each_threshold() -> None:
+    scores = {"a": np.array([0.1, 0.5, 0.9, 0.5]), "b": np.array([1.0, 2.0, 3.0, 4.0])}
+    shares = flagged_shares(scores, {"a": 0.5, "b": 0.0, "absent": 1.0})
+    assert shares == {"a": 0.25, "b": 1.0}  # 0.5 is not above 0.5; no score, no share

@@ -13,10 +13,6 @@ docs/results/ (small JSON files, committed), which is all `table` reads.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import subprocess
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -24,77 +20,19 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from training.drawn import drawn_rates
-from training.experiments.grid import WIDTHS, GridPoint, parse, points
-from training.experiments.model_card import model_card
+from training.experiments.default_model import DEFAULT_RECIPE, default_model
+from training.experiments.grid import WIDTHS, GridPoint, points
 from training.experiments.records import RECORDS, ROOT
 from training.experiments.rendering import render
-from training.files import write_atomic
-from training.report import markdown as report_markdown
+from training.experiments.steps import (
+    FULL_EVAL_FLAGS,
+    evaluate,
+    train_and_evaluate,
+    train_log,
+    write_record,
+)
 
 GRID_EVAL_FLAGS = ("--corruption-limit", "2000", "--ood-count", "1000")
-# The 12-epoch comparisons use every corrupted test image and more OOD images.
-FULL_EVAL_FLAGS = ("--corruption-limit", "10000", "--ood-count", "2000")
-# The default model's recipe: models/mnist/2, a single network with outlier exposure on smooth
-# noise and pen strokes, 10 % drawn digits, 12 epochs, seed 1 (docs/results.md, "Session 13").
-# models/mnist/1 was `--config w1-m3-rho0-outlier --seed 0 --version 1 --outlier-families
-# smooth_noise --drawn-digit-fraction 0`.
-DEFAULT_RECIPE = {
-    "config": "w1-m1-rho0-oe",
-    "seed": 1,
-    "version": 2,
-    "outlier_families": "smooth_noise,pen_strokes",
-    "drawn_digit_fraction": 0.1,
-}
-
-
-def run(args: Sequence[str], log: Path) -> None:
-    """Run `python -m training ...`, appending its output to a log; fail loudly."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print("$ python -m training " + " ".join(args), flush=True)
-    with log.open("a") as f:
-        done = subprocess.run(
-            [sys.executable, "-m", "training", *args], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-    if done.returncode:
-        raise SystemExit(f"failed ({done.returncode}); see {log}")
-
-
-def train_and_evaluate(
-    out: Path, data_dir: str, flags: Sequence[str], eval_flags: Sequence[str]
-) -> dict[str, Any]:
-    if not (out / "model.pt").exists():
-        command = ["train", "--preset", "mnist", "--data-dir", data_dir, "--out-dir", str(out)]
-        command += flags
-        if (out / "last.pt").exists():
-            command += ["--resume", str(out / "last.pt")]
-        run(command, out / "train.log")
-    return evaluate(out / "eval", [out / "model.pt"], eval_flags)
-
-
-def evaluate(out: Path, checkpoints: Sequence[Path], eval_flags: Sequence[str]) -> dict[str, Any]:
-    if not (out / "metrics.json").exists():
-        run(
-            ["evaluate", "--checkpoint", *map(str, checkpoints), "--out", str(out), *eval_flags],
-            out.parent / "evaluate.log",
-        )
-    return json.loads((out / "metrics.json").read_text())
-
-
-def write_record(path: Path, record: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(record, indent=1) + "\n")
-
-
-def train_log(log: Path) -> tuple[float, int]:
-    """Training seconds (sum of the epoch records; a resumed run appends its own) and the
-    parameter count, from what `python -m training train` printed."""
-    seconds, parameters = 0.0, 0
-    for text in log.read_text().splitlines():
-        if text.startswith("{") and '"seconds"' in text:
-            seconds += float(json.loads(text)["seconds"])
-        elif text.startswith("training ") and " parameters" in text:
-            parameters = int(text.split(" parameters")[0].rsplit(" ", 1)[1].replace(",", ""))
-    return seconds, parameters
 
 
 def trained_record(
@@ -195,57 +133,6 @@ def results(args: argparse.Namespace) -> None:
 
 def table(args: argparse.Namespace) -> None:
     render(Path(args.output), Path(args.notes))
-
-
-def default_model(args: argparse.Namespace) -> None:
-    """Train `--config` for `--epochs`, evaluate on everything, export models/mnist/<version>."""
-    point = parse(f"{args.config}-s{args.seed}")
-    extra: tuple[str, ...] = ()  # the recipe's options beyond the grid point's, as passed on
-    if args.outlier_families:
-        extra += ("--outlier-families", args.outlier_families)
-    if args.drawn_digit_fraction:
-        extra += ("--drawn-digit-fraction", f"{args.drawn_digit_fraction:g}")
-    suffix = "".join("-" + value.replace(",", "+") for value in extra[1::2])
-    runs = Path(args.runs) / f"default-{args.config}{suffix}-e{args.epochs}-s{args.seed}"
-    flags = (*point.flags(), "--epochs", str(args.epochs), *extra)
-    if args.threads:
-        flags += ("--threads", str(args.threads))
-    metrics = train_and_evaluate(runs, args.data_dir, flags, FULL_EVAL_FLAGS)
-    repository = Path(args.repository)
-    target = repository / "mnist" / str(args.version)
-    run(
-        [
-            "export",
-            "--checkpoint",
-            str(runs / "model.pt"),
-            "--evaluation",
-            str(runs / "eval" / "metrics.json"),
-            "--repository",
-            str(repository),
-            "--name",
-            "mnist",
-            "--version",
-            str(args.version),
-            "--force",
-            "--uncertain-measure",
-            "auto",  # the served flag's measure, by the evidence on the validation split
-        ],
-        runs / "export.log",
-    )
-    for name in ("metrics.json", "reliability.png"):
-        shutil.copyfile(runs / "eval" / name, target / name)
-    drawn = drawn_rates(target / "model.onnx")  # its `measure`: the one the export chose
-    write_atomic(target / "drawn.json", json.dumps(drawn, indent=1) + "\n")
-    write_atomic(target / "report.md", report_markdown(metrics, drawn["measure"]))
-    seconds, _ = train_log(runs / "train.log")
-    reproduce = (
-        f"python -m training.experiments default-model --data-dir <mnist> --config {args.config} "
-        f"--epochs {args.epochs} --seed {args.seed} --version {args.version} " + " ".join(extra)
-    ).rstrip()
-    minutes = round(seconds / 60 + 5)  # + evaluation and export
-    card = model_card(metrics, args.version, reproduce, minutes, drawn["measure"], drawn)
-    write_atomic(target / "README.md", card)
-    print(f"model: {target / 'model.onnx'}")
 
 
 def command_line() -> argparse.ArgumentParser:
