@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from service.contract import ModelContract, parse_contract
+from service.postprocess import score
 from service.uncertainty import ensemble_uncertainty
 from training.data import load_dataset
 from training.ood import EVALUATION_FAMILIES, make_ood
@@ -56,9 +57,10 @@ def logits(session: ort.InferenceSession, images: np.ndarray, m: int) -> np.ndar
 
 
 def flagged(contract: ModelContract, images: np.ndarray, session: ort.InferenceSession) -> float:
-    """The share of `images` the served `uncertain` flag raises."""
-    u = ensemble_uncertainty(logits(session, images, contract.ensemble_size), contract.temperature)
-    return float((getattr(u, contract.uncertain_measure) > contract.threshold).mean())
+    """The share of `images` the served `uncertain` flag raises (the service's own scoring)."""
+    return float(
+        np.mean(score(contract, logits(session, images, contract.ensemble_size)).uncertain)
+    )
 
 
 def test_is_small_and_keeps_the_contract(

@@ -4,14 +4,19 @@ it as models/mnist/<version> with its report, drawn-digit rates and model card."
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 from training.drawn import drawn_rates
 from training.experiments.grid import parse
 from training.experiments.model_card import model_card
-from training.experiments.steps import FULL_EVAL_FLAGS, run, train_and_evaluate, train_log
+from training.experiments.steps import (
+    FULL_EVAL_FLAGS,
+    run,
+    train_and_evaluate,
+    train_log,
+    write_record,
+)
 from training.files import write_atomic
 from training.report import markdown as report_markdown
 
@@ -66,7 +71,7 @@ def default_model(args: argparse.Namespace) -> None:
     for name in ("metrics.json", "reliability.png"):
         shutil.copyfile(runs / "eval" / name, target / name)
     drawn = drawn_rates(target / "model.onnx")  # its `measure`: the one the export chose
-    write_atomic(target / "drawn.json", json.dumps(drawn, indent=1) + "\n")
+    write_record(target / "drawn.json", drawn)
     write_atomic(target / "report.md", report_markdown(metrics, drawn["measure"]))
     seconds, _ = train_log(runs / "train.log")
     reproduce = (
